@@ -1,0 +1,89 @@
+"""create_app(settings) wires the service; nothing starts until the lifespan runs in a worker."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from anyio import CapacityLimiter
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.metrics import NoOpMeterProvider
+
+from app.observability.context import Telemetry
+from app.observability.errors import start_sentry, stop_sentry
+from app.observability.logging import configure_logging
+from app.observability.metrics import Metrics
+from app.observability.middleware import RequestTelemetryMiddleware
+from app.observability.task_wrapper import install_task_wrapper
+from app.observability.tracing import make_tracer_provider, start_export
+from app.routes import tutorial_router
+from app.settings import Settings
+
+# Probes and scrapes would bury real traces: no spans for them (they still count in metrics).
+_UNTRACED_URLS = "/metrics$,/healthz$,/readyz$"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    logger = configure_logging(settings.log_level)
+    tracer_provider = make_tracer_provider(settings)
+    metrics = Metrics()
+    telemetry = Telemetry(
+        metrics=metrics,
+        tracer=tracer_provider.get_tracer("app.background_tasks"),
+        logger=logger,
+        task_limiter=CapacityLimiter(settings.task_threads),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        start_export(tracer_provider, settings)
+        start_sentry(settings)
+        if settings.api_token is None:
+            logger.warning("API_TOKEN is not set: /notify/ answers 401 to every caller")
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            tracer_provider.shutdown()  # flushes the spans still queued
+            stop_sentry()
+
+    # FastAPI's own telemetry is off: opentelemetry-instrumentation-fastapi below makes the spans.
+    app = FastAPI(
+        title="Observable background tasks",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+    )
+    app.state.ready = False
+    app.include_router(tutorial_router(settings))
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        ready = bool(request.app.state.ready)
+        return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
+
+    app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry)
+    # Its http.server.duration metric would include task time, so it gets a no-op meter.
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=tracer_provider,
+        meter_provider=NoOpMeterProvider(),
+        excluded_urls=_UNTRACED_URLS,
+        exclude_spans=["receive", "send"],
+    )
+    install_task_wrapper()
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The factory gunicorn loads in each worker."""
+    return create_app(Settings())

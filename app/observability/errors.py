@@ -1,0 +1,50 @@
+"""Sentry: started per worker, and fed only the exceptions we report ourselves.
+
+No integration is enabled: the web-framework ones would attach each request's URL (and so
+its query string, with emails and messages) to every event, and the logging one would send
+our own error log lines as duplicate events.
+"""
+
+import sentry_sdk
+from sentry_sdk.utils import event_from_exception
+
+from app.observability.tracing import current_ids
+from app.settings import Settings
+
+
+def start_sentry(settings: Settings) -> None:
+    if settings.sentry_dsn is None:
+        return
+    sentry_sdk.init(
+        dsn=str(settings.sentry_dsn),
+        environment=settings.sentry_environment,
+        release=settings.sentry_release,
+        default_integrations=False,
+        auto_enabling_integrations=False,
+        send_default_pii=False,
+        include_local_variables=False,  # locals hold emails, messages and tokens
+        max_breadcrumbs=0,
+    )
+
+
+def stop_sentry() -> None:
+    client = sentry_sdk.get_client()
+    if client.is_active():
+        client.close(timeout=2.0)
+
+
+def report_exception(exc: BaseException, *, mechanism: str, tags: dict[str, str]) -> None:
+    """Send one unhandled-exception event in a scope of its own, with the OpenTelemetry ids."""
+    client = sentry_sdk.get_client()
+    if not client.is_active():
+        return
+    with sentry_sdk.isolation_scope() as scope:
+        for key, value in tags.items():
+            scope.set_tag(key, value)
+        event, hint = event_from_exception(
+            exc, client_options=client.options, mechanism={"type": mechanism, "handled": False}
+        )
+        ids = current_ids()
+        if ids is not None:
+            event.setdefault("contexts", {})["trace"] = {"trace_id": ids[0], "span_id": ids[1]}
+        scope.capture_event(event, hint=hint)

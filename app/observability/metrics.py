@@ -1,0 +1,98 @@
+"""The Prometheus metric catalogue (design.md §3) and its exposition.
+
+Under gunicorn, PROMETHEUS_MULTIPROC_DIR is set by the master before any worker imports
+prometheus_client, so every value lands in a per-process file and each scrape merges them.
+"""
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+RESPONSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+DELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    """One instance per app. Its registry serves single-process runs (tests, plain uvicorn)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Request start to last response byte; never includes background task time.",
+            ["method", "route", "status"],
+            buckets=RESPONSE_BUCKETS,
+            registry=r,
+        )
+        self.active_requests = Gauge(
+            "http_server_active_requests",
+            "Requests not yet answered.",
+            ["method", "route"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.task_duration = Histogram(
+            "background_task_duration_seconds",
+            "One background task's run time, from its start to its end.",
+            ["task", "route", "outcome"],
+            buckets=TASK_BUCKETS,
+            registry=r,
+        )
+        self.task_failures = Counter(
+            "background_task_failures",
+            "Background tasks that raised, by exception class.",
+            ["task", "route", "exception"],
+            registry=r,
+        )
+        self.task_start_delay = Histogram(
+            "background_task_start_delay_seconds",
+            "Last response byte to task start: the wait that clients never see.",
+            ["task", "route"],
+            buckets=DELAY_BUCKETS,
+            registry=r,
+        )
+        self.tasks_in_progress = Gauge(
+            "background_tasks_in_progress",
+            "Background tasks running now.",
+            ["task"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.tasks_scheduled = Counter(
+            "background_tasks_scheduled",
+            "Background tasks handed over by responses.",
+            ["task", "route"],
+            registry=r,
+        )
+        self.tasks_dropped = Counter(
+            "background_tasks_dropped",
+            "Background tasks that never ran or never finished.",
+            ["task", "route", "reason"],
+            registry=r,
+        )
+        self.request_lifetime = Histogram(
+            "http_request_lifetime_seconds",
+            "Request start to the end of its last background task: the full cost of a request.",
+            ["route"],
+            buckets=TASK_BUCKETS,
+            registry=r,
+        )
+
+    def exposition(self) -> tuple[bytes, str]:
+        multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not multiproc_dir:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        # A fresh registry per scrape, as the multiprocess docs require.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,76 @@
+"""The request clock: response time stops at the last body byte, lifetime at the last task's end."""
+
+from time import perf_counter
+
+from fastapi.routing import iter_route_contexts
+from opentelemetry import trace
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.observability.context import RequestRecord, Telemetry, current_request
+from app.observability.errors import report_exception
+from app.observability.tracing import traceparent
+
+UNMATCHED = "unmatched"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def route_template(routes: list[BaseRoute], scope: Scope) -> str:
+    """The full template of the route that will serve this request, included routers too."""
+    partial = None
+    for route in iter_route_contexts(routes):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route.path or UNMATCHED
+        if match is Match.PARTIAL and partial is None:
+            partial = route.path  # the path matched but the method did not: a 405 on this route
+    return partial or UNMATCHED
+
+
+class RequestTelemetryMiddleware:
+    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+        self.app = app
+        self.telemetry = telemetry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = perf_counter()
+        metrics = self.telemetry.metrics
+        # The label is fixed before the handler runs so the active-requests gauge can use it.
+        route = route_template(scope["app"].routes, scope)
+        method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
+        record = RequestRecord(telemetry=self.telemetry, route=route)
+        token = current_request.set(record)
+        active = metrics.active_requests.labels(method, route)
+        active.inc()
+        status = 500  # what ServerErrorMiddleware sends if nothing was sent before an error
+
+        async def send_and_time(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                header = traceparent(trace.get_current_span())
+                if header is not None:
+                    message = {**message, "headers": [*message.get("headers", ()), (b"traceparent", header)]}
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered(perf_counter())
+
+        def answered(now: float) -> None:
+            if record.response_sent is None:
+                record.response_sent = now
+                active.dec()
+                metrics.request_duration.labels(method, route, str(status)).observe(now - started)
+
+        try:
+            await self.app(scope, receive, send_and_time)
+        except Exception as exc:
+            report_exception(exc, mechanism="asgi", tags={"route": route})
+            raise
+        finally:
+            now = perf_counter()
+            answered(now)
+            metrics.request_lifetime.labels(route).observe(now - started)
+            current_request.reset(token)

@@ -1,0 +1,43 @@
+"""The tutorial endpoints (design.md §1). Handlers only schedule work; the wrapper observes it."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Query
+from pydantic import EmailStr
+
+from app.auth import bearer_user
+from app.settings import Settings
+from app.tasks import LogFile, log_message, send_email, write_log
+
+
+def tutorial_router(settings: Settings) -> APIRouter:
+    router = APIRouter()
+    log = LogFile(settings.log_file)
+    Message = Annotated[str, Query(max_length=settings.max_message_length)]
+    User = Annotated[str, Depends(bearer_user(settings))]
+
+    @router.post("/log/")
+    async def log_endpoint(msg: Message, background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(write_log, log, msg)
+        return {"status": "Message logged in background"}
+
+    @router.post("/send-mail/")
+    async def send_mail(
+        email: Annotated[EmailStr, Query(max_length=254)], background_tasks: BackgroundTasks
+    ) -> dict[str, str]:
+        background_tasks.add_task(
+            send_email, log, email, "Welcome!", "Thanks for joining 🎉", delay_seconds=settings.email_send_seconds
+        )
+        return {"status": f"Email to {email} is being sent in background"}
+
+    @router.post("/notify/")
+    async def notify(username: User, background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(write_log, log, f"Notification sent to {username}")
+        return {"status": "Notification scheduled"}
+
+    @router.post("/send-message/")
+    async def send_message(message: Message, background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(log_message, log, message)
+        return {"message": "Message received. It will be logged soon."}
+
+    return router

@@ -1,0 +1,75 @@
+"""The one typed settings object. Every value comes from the environment and fails loudly."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Tokens copied from tutorials or left as placeholders must never reach production.
+_PLACEHOLDER_TOKENS = {"test123", "changeme", "change-me", "secret", "password", "token"}
+MIN_TOKEN_LENGTH = 16
+
+TracesSampler = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
+
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /notify/. Unset: /notify/ answers 401."
+    )
+    api_username: str = Field(default="api-user", min_length=1, max_length=64)
+    log_file: Path = Path("background-tasks.log")
+    email_send_seconds: float = Field(default=5.0, ge=0, le=3600)
+    max_message_length: int = Field(default=1000, ge=1, le=100_000)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    web_concurrency: int = Field(default=2, ge=1, le=64)
+    task_threads: int = Field(default=40, ge=1, le=1000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    sentry_dsn: AnyHttpUrl | None = None
+    sentry_environment: str = "production"
+    sentry_release: str | None = None
+
+    otel_service_name: str = "fastapi-background-tasks"
+    otel_exporter_otlp_endpoint: AnyHttpUrl | None = None
+    otel_traces_sampler: TracesSampler = "parentbased_always_on"
+    otel_traces_sampler_arg: float = Field(default=1.0, ge=0, le=1)
+
+    @field_validator("api_token")
+    @classmethod
+    def _refuse_weak_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if value.lower() in _PLACEHOLDER_TOKENS or len(value) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"must be a real secret of at least {MIN_TOKEN_LENGTH} characters, not a placeholder")
+        return token
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("otel_traces_sampler", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line per bad setting, named as its environment variable, with no secret echoed."""
+    lines = ["Invalid settings:"]
+    for problem in error.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in problem["loc"]).upper()
+        lines.append(f"  {name}: {problem['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,295 @@
+"""Real parts for the tests: gunicorn, a Sentry ingest stand-in and an OTLP receiver.
+
+Every server listens on 127.0.0.1 only. gunicorn gets SIGTERM if the test process dies
+(PR_SET_PDEATHSIG), so nothing outlives a crashed run.
+"""
+
+import ctypes
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "tok-" + "x" * 12 + "-e2e-secret"  # a valid API_TOKEN that no placeholder check refuses
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- local HTTP receivers -------------------------------------------------------------------
+
+
+class _Recorder(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, on_post: Callable[[str, dict[str, str], bytes], bytes]) -> None:
+        self.on_post = on_post
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                encoding = self.headers.get("Content-Encoding", "")
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                reply = on_post(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+@dataclass
+class SentryIngest:
+    """Stands in for Sentry's envelope endpoint and keeps every byte it received."""
+
+    raw: list[bytes] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.server = _Recorder(self._record)
+
+    @property
+    def dsn(self) -> str:
+        return f"http://publickey@127.0.0.1:{self.server.port}/1"
+
+    def _record(self, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        lines = body.split(b"\n")
+        events = []
+        # An envelope: a header line, then (item header, payload) pairs.
+        for item_header, payload in zip(lines[1::2], lines[2::2], strict=False):
+            if json.loads(item_header).get("type") == "event":
+                events.append(json.loads(payload))
+        with self.lock:
+            self.raw.append(path.encode() + b"\n" + json.dumps(headers).encode() + b"\n" + body)
+            self.events.extend(events)
+        return b"{}"
+
+    def events_tagged(self, key: str, value: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [e for e in self.events if e.get("tags", {}).get(key) == value]
+
+    def everything(self) -> bytes:
+        with self.lock:
+            return b"\n".join(self.raw)
+
+
+@dataclass(frozen=True)
+class Span:
+    name: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    kind: int
+    status_code: int  # 0 unset, 1 ok, 2 error
+    attributes: dict[str, Any]
+    event_names: list[str]
+
+
+class OtlpReceiver:
+    """Accepts OTLP/HTTP protobuf trace exports, as a collector would."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.lock = threading.Lock()
+        self.server = _Recorder(self._record)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    def _record(self, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        assert path == "/v1/traces", path
+        assert headers.get("content-type") == "application/x-protobuf"
+        request = ExportTraceServiceRequest.FromString(body)
+        spans = [
+            Span(
+                name=s.name,
+                trace_id=s.trace_id.hex(),
+                span_id=s.span_id.hex(),
+                parent_span_id=s.parent_span_id.hex(),
+                kind=s.kind,
+                status_code=s.status.code,
+                attributes={a.key: _any_value(a.value) for a in s.attributes},
+                event_names=[e.name for e in s.events],
+            )
+            for rs in request.resource_spans
+            for ss in rs.scope_spans
+            for s in ss.spans
+        ]
+        with self.lock:
+            self.spans.extend(spans)
+        return ExportTraceServiceResponse().SerializeToString()
+
+    def trace(self, trace_id: str) -> list[Span]:
+        with self.lock:
+            return [s for s in self.spans if s.trace_id == trace_id]
+
+
+def _any_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
+# --- gunicorn -------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Gunicorn:
+    """The real service: gunicorn, uvicorn workers, deploy/gunicorn.conf.py."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], app: str | None = None, workers: int = 2) -> None:
+        self.workdir = workdir
+        self.workers = workers
+        self.port = free_port()
+        self.log_file = workdir / "tasks.log"
+        self.stderr_path = workdir / "gunicorn.stderr"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SENTRY_"))},
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(workers),
+            "LOG_FILE": str(self.log_file),
+            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus"),
+            **env,
+        }
+        self.args = [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", *([app] if app else [])]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Gunicorn":
+        with self.stderr_path.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                self.args,
+                cwd=ROOT,
+                env=self.env,
+                stdout=stderr,
+                stderr=stderr,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
+            )
+        wait_for(self._all_workers_up, timeout=60, what="all gunicorn workers to finish startup")
+        return self
+
+    def _all_workers_up(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n{self.stderr()}")
+        return self.stderr().count("Application startup complete.") >= self.workers
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def app_logs(self) -> list[dict[str, Any]]:
+        """The structured (JSON) lines the app wrote to stderr."""
+        return [json.loads(line) for line in self.stderr().splitlines() if line.startswith("{")]
+
+    def log_file_lines(self) -> list[str]:
+        return self.log_file.read_text().splitlines() if self.log_file.exists() else []
+
+    def metrics(self) -> "Metrics":
+        response = httpx.get(self.url + "/metrics", timeout=30)
+        assert response.status_code == 200
+        return Metrics.parse(response.text)
+
+
+class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
+    @classmethod
+    def parse(cls, text: str) -> "Metrics":
+        metrics = cls()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                metrics[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        return metrics
+
+    def get_value(self, name: str, **labels: str) -> float:
+        """The sum over every series of `name` whose labels include `labels`."""
+        wanted = set(labels.items())
+        return sum(v for (n, ls), v in self.items() if n == name and wanted <= ls)
+
+    def label_values(self, name: str, label: str) -> set[str]:
+        return {dict(ls)[label] for (n, ls) in self if n == name and label in dict(ls)}
+
+
+def trace_id_of(response: httpx.Response) -> str:
+    """The trace id from the traceparent header the service returns."""
+    version, trace_id, _span_id, _flags = response.headers["traceparent"].split("-")
+    assert version == "00"
+    return trace_id
+
+
+@dataclass
+class Stack:
+    server: Gunicorn
+    sentry: SentryIngest
+    otlp: OtlpReceiver
+
+
+def started(server: Gunicorn) -> Iterator[Gunicorn]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

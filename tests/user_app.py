@@ -1,0 +1,51 @@
+"""What a user of the template writes: their own routes and tasks, with no telemetry code."""
+
+from fastapi import BackgroundTasks, FastAPI
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+from starlette.background import BackgroundTasks as StarletteBackgroundTasks
+
+from app.main import create_app
+from app.settings import Settings
+from app.tasks import LogFile, write_log
+
+
+class PaymentDeclinedError(Exception):
+    pass
+
+
+class WarehouseOfflineError(Exception):
+    pass
+
+
+def charge_card(email: str, amount_cents: int) -> None:
+    raise PaymentDeclinedError("card declined")
+
+
+async def reserve_stock(order_id: str) -> None:
+    raise WarehouseOfflineError("warehouse offline")
+
+
+def create() -> FastAPI:
+    settings = Settings()
+    app = create_app(settings)
+    log = LogFile(settings.log_file)
+
+    @app.post("/orders/")
+    async def place_order(email: str, order_id: str, background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(charge_card, email, 1999)
+        background_tasks.add_task(write_log, log, f"receipt for {order_id}")
+        return {"status": "accepted"}
+
+    @app.post("/reservations/")
+    async def reserve(order_id: str) -> JSONResponse:
+        background = StarletteBackgroundTasks(
+            [BackgroundTask(reserve_stock, order_id), BackgroundTask(write_log, log, f"reservation {order_id}")]
+        )
+        return JSONResponse({"status": "reserving"}, background=background)
+
+    @app.post("/audit/")
+    def audit(note: str) -> JSONResponse:
+        return JSONResponse({"status": "audited"}, background=BackgroundTask(write_log, log, f"audit {note}"))
+
+    return app
