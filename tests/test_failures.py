@@ -96,3 +96,20 @@ def test_nothing_private_reaches_sentry_and_nothing_reaches_the_asgi_error_path(
         assert private.encode() not in received
     assert "Exception in ASGI application" not in stack.server.stderr()
     assert stack.server.metrics().get_value("http_server_request_duration_seconds_count", status="500") == 0
+
+
+def test_endpoint_exception_is_a_500_reported_to_sentry(stack: Stack) -> None:
+    with stack.server.client() as client:
+        response = client.post("/checkout/", params={"email": "checkout.person@example.org"})
+    assert response.status_code == 500
+    assert response.text == "Internal Server Error"
+    (event,) = wait_for(lambda: stack.sentry.events_tagged("route", "/checkout/"), what="the Sentry event")
+    assert event["tags"] == {"route": "/checkout/"}
+    (server_span,) = wait_for(lambda: stack.otlp.trace(event["contexts"]["trace"]["trace_id"]), what="its trace")
+    assert server_span.name == "POST /checkout/"
+    assert server_span.status_code == ERROR
+    assert event["exception"]["values"][0]["mechanism"] == {"type": "asgi", "handled": False}
+    assert b"checkout.person@example.org" not in stack.sentry.everything()
+    metrics = stack.server.metrics()
+    assert metrics.get_value("http_server_request_duration_seconds_count", route="/checkout/", status="500") == 1
+    assert metrics.get_value("http_server_active_requests", route="/checkout/") == 0

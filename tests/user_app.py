@@ -48,4 +48,8 @@ def create() -> FastAPI:
     def audit(note: str) -> JSONResponse:
         return JSONResponse({"status": "audited"}, background=BackgroundTask(write_log, log, f"audit {note}"))
 
+    @app.post("/checkout/")
+    async def checkout(email: str) -> dict[str, str]:
+        raise PaymentDeclinedError("card declined at checkout")
+
     return app
