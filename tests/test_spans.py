@@ -41,3 +41,14 @@ def test_one_server_span_and_one_span_per_task(
     assert task_span.attributes["background_task.outcome"] == "success"
     assert task_span.attributes["background_task.start_delay_s"] >= 0
     assert TOKEN not in str([s.attributes for s in spans])
+
+
+def test_only_traces_are_exported_and_no_duration_includes_tasks(stack: Stack) -> None:
+    """The instrumentation's own http.server.duration (which includes task time) goes nowhere."""
+    with stack.server.client() as client:
+        assert client.post("/log/", params={"msg": "export check"}).status_code == 200
+    wait_for(lambda: stack.otlp.paths, what="an export")
+    assert stack.otlp.paths == {"/v1/traces"}
+    names = {name for name, _ in stack.server.metrics()}
+    assert not [name for name in names if name.startswith("http_server_duration")]
+    assert "http_server_request_duration_seconds_count" in names

@@ -1,0 +1,61 @@
+"""Settings fail loudly, name the variable, and never echo a secret."""
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings, describe_error
+
+
+def _error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    return describe_error(caught.value)
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("API_TOKEN", "SENTRY_DSN", "OTEL_EXPORTER_OTLP_ENDPOINT", "PORT", "EMAIL_SEND_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.api_token is None
+    assert settings.sentry_dsn is None
+    assert settings.otel_exporter_otlp_endpoint is None
+    assert (settings.port, settings.web_concurrency, settings.email_send_seconds) == (8000, 2, 5.0)
+
+
+def test_empty_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTRY_DSN", "")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    settings = Settings()
+    assert settings.sentry_dsn is None
+    assert settings.otel_exporter_otlp_endpoint is None
+
+
+@pytest.mark.parametrize("token", ["test123", "changeme", "short-token"])
+def test_weak_tokens_are_refused_without_echo(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    message = _error(monkeypatch, API_TOKEN=token)
+    assert message.startswith("Invalid settings:\n  API_TOKEN: ")
+    assert token not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "70000"),
+        ("EMAIL_SEND_SECONDS", "-1"),
+        ("MAX_MESSAGE_LENGTH", "lots"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    assert f"\n  {name}: " in _error(monkeypatch, **{name: value})
+
+
+def test_case_is_forgiven(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "ParentBased_TraceIdRatio")
+    settings = Settings()
+    assert settings.log_level == "DEBUG"
+    assert settings.otel_traces_sampler == "parentbased_traceidratio"
