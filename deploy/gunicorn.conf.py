@@ -25,8 +25,6 @@ wsgi_app = "app.main:create_app_from_env()"
 worker_class = "uvicorn_worker.UvicornWorker"
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.web_concurrency
-graceful_timeout = 30
-timeout = 30
 control_socket_disable = True  # one less socket in $HOME; nothing here uses gunicornc
 accesslog = None  # the metrics and traces say more; an access line per request costs throughput
 

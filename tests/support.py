@@ -258,6 +258,19 @@ class Gunicorn:
         assert response.status_code == 200
         return Metrics.parse(response.text)
 
+    def wait_for_metrics(
+        self, until: Callable[["Metrics"], bool], what: str, since: "Metrics | None" = None
+    ) -> "Metrics":
+        """Scrapes until `until` holds for the totals, or for their change `since` a scrape."""
+
+        def check() -> Metrics | None:
+            metrics = self.metrics()
+            change = metrics.since(since) if since is not None else metrics
+            return change if until(change) else None
+
+        result: Metrics = wait_for(check, what=what)
+        return result
+
 
 class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
     @classmethod
@@ -267,6 +280,9 @@ class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
             for sample in family.samples:
                 metrics[(sample.name, frozenset(sample.labels.items()))] = sample.value
         return metrics
+
+    def since(self, before: "Metrics") -> "Metrics":
+        return Metrics({key: self.get(key, 0.0) - before.get(key, 0.0) for key in self.keys() | before.keys()})
 
     def get_value(self, name: str, **labels: str) -> float:
         """The sum over every series of `name` whose labels include `labels`."""

@@ -54,7 +54,11 @@ def test_counts_are_exact_across_workers(server: Gunicorn) -> None:
     assert len(_task_pids(server)) == 2, "one worker served everything in every batch"
     assert sent * len(ENDPOINTS) >= 200
 
-    metrics = server.metrics()
+    # The lifetime is recorded last for each request, after its task's metrics.
+    metrics = server.wait_for_metrics(
+        lambda m: all(m.get_value("http_request_lifetime_seconds_count", route=r) >= sent for r in ENDPOINTS),
+        "every request to finish",
+    )
     for route, (task, _) in ENDPOINTS.items():
         assert metrics.get_value("http_server_request_duration_seconds_count", route=route) == sent
         assert metrics.get_value("http_server_request_duration_seconds_count", route=route, status="200") == sent

@@ -19,24 +19,19 @@ def _failure_is_fully_reported(stack: Stack, path: str, params: dict[str, str], 
     next_line = f"{params['order_id']}"
     wait_for(lambda: sum(line.endswith(next_line) for line in server.log_file_lines()) == 1, what="the next task")
 
-    after = wait_for(
-        lambda: (
-            (m := server.metrics()).get_value("background_task_failures_total", task=task)
-            > before.get_value("background_task_failures_total", task=task)
-            and m
-        ),
-        what="the failure metric",
+    # The request's lifetime is recorded last, once both of its tasks are done.
+    change = server.wait_for_metrics(
+        lambda m: m.get_value("http_request_lifetime_seconds_count", route=path) >= 1, "the request", since=before
     )
-
-    def delta(name: str, **labels: str) -> float:
-        return after.get_value(name, **labels) - before.get_value(name, **labels)
-
-    assert delta("background_task_failures_total", task=task, route=path, exception=exception) == 1
-    assert delta("background_task_failures_total") == 1
-    assert delta("background_task_duration_seconds_count", task=task, route=path, outcome="failure") == 1
-    assert delta("background_task_duration_seconds_count", task=task, outcome="success") == 0
-    assert delta("background_task_duration_seconds_count", task="write_log", route=path, outcome="success") == 1
-    assert delta("background_tasks_scheduled_total", route=path) == 2
+    assert change.get_value("http_request_lifetime_seconds_count", route=path) == 1
+    assert change.get_value("background_task_failures_total", task=task, route=path, exception=exception) == 1
+    assert change.get_value("background_task_failures_total") == 1
+    assert change.get_value("background_task_duration_seconds_count", task=task, route=path, outcome="failure") == 1
+    assert change.get_value("background_task_duration_seconds_count", task=task, outcome="success") == 0
+    assert (
+        change.get_value("background_task_duration_seconds_count", task="write_log", route=path, outcome="success") == 1
+    )
+    assert change.get_value("background_tasks_scheduled_total", route=path) == 2
 
     # One span per task, in the request's trace, under its server span; the failed one is ERROR.
     spans = wait_for(lambda: len(s := stack.otlp.trace(trace_id)) >= 3 and s, what="the spans")

@@ -2,7 +2,7 @@
 
 from time import perf_counter
 
-from fastapi.routing import iter_route_contexts
+from fastapi.routing import RouteContext, iter_route_contexts
 from opentelemetry import trace
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,22 +15,50 @@ UNMATCHED = "unmatched"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
-def route_template(routes: list[BaseRoute], scope: Scope) -> str:
-    """The full template of the route that will serve this request, included routers too."""
-    partial = None
-    for route in iter_route_contexts(routes):
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            return route.path or UNMATCHED
-        if match is Match.PARTIAL and partial is None:
-            partial = route.path  # the path matched but the method did not: a 405 on this route
-    return partial or UNMATCHED
+class RouteTemplates:
+    """Names the template of the route that will serve a request, included routers too.
+
+    Flattening the app's routes costs more than matching them, so the flat list is kept and
+    read again only when a request finds no full match in it: a route added later is found on
+    its first request. A context that adds no prefix matches exactly as its route does, and the
+    route's own matches() is several times cheaper.
+    """
+
+    def __init__(self) -> None:
+        self._matchers: list[tuple[BaseRoute | RouteContext, str]] = []
+
+    def __call__(self, routes: list[BaseRoute], scope: Scope) -> str:
+        found, full = self._match(scope)
+        if not full:
+            self._matchers = [
+                (
+                    context.original_route
+                    if context.path == getattr(context.original_route, "path", None)
+                    else context,
+                    context.path,
+                )
+                for context in iter_route_contexts(routes)
+                if context.path
+            ]
+            found, full = self._match(scope)
+        return found or UNMATCHED
+
+    def _match(self, scope: Scope) -> tuple[str | None, bool]:
+        partial = None
+        for route, path in self._matchers:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return path, True
+            if match is Match.PARTIAL and partial is None:
+                partial = path  # the path matched but the method did not: a 405 on this route
+        return partial, False
 
 
 class RequestTelemetryMiddleware:
     def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
         self.app = app
         self.telemetry = telemetry
+        self.route_template = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,7 +67,7 @@ class RequestTelemetryMiddleware:
         started = perf_counter()
         metrics = self.telemetry.metrics
         # The label is fixed before the handler runs so the active-requests gauge can use it.
-        route = route_template(scope["app"].routes, scope)
+        route = self.route_template(scope["app"].routes, scope)
         method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
         record = RequestRecord(telemetry=self.telemetry, route=route)
         token = current_request.set(record)
