@@ -4,7 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint pins
+# make image-test builds and runs the image with a docker-compatible command; these defaults
+# are the local stand-ins of a machine without a Docker engine or a registry.
+CONTAINER_TOOLS ?= ../shared/container
+DOCKER ?= $(CONTAINER_TOOLS)/docker
+BASE_IMAGE ?= $$($(CONTAINER_TOOLS)/base-image)
+
+.PHONY: run test lint pins image-test
 
 $(BIN)/gunicorn: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +31,9 @@ lint: $(VENV)/.dev
 
 test: lint
 	$(BIN)/pytest
+
+image-test: $(VENV)/.dev
+	DOCKER=$(DOCKER) BASE_IMAGE=$(BASE_IMAGE) $(BIN)/pytest -m container
 
 # Re-pin after editing requirements*.in. Needs uv; the output records no registry host.
 pins:

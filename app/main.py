@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.metrics import NoOpMeterProvider
 
+from app.observability.backlog import Backlog
 from app.observability.context import Telemetry
 from app.observability.errors import start_sentry, stop_sentry
 from app.observability.logging import configure_logging
@@ -27,11 +28,13 @@ def create_app(settings: Settings) -> FastAPI:
     logger = configure_logging(settings.log_level)
     tracer_provider = make_tracer_provider(settings)
     metrics = Metrics()
+    backlog = Backlog(metrics, logger, settings.max_pending_tasks, settings.retry_after_seconds)
     telemetry = Telemetry(
         metrics=metrics,
         tracer=tracer_provider.get_tracer("app.background_tasks"),
         logger=logger,
         task_limiter=CapacityLimiter(settings.task_threads),
+        backlog=backlog,
     )
 
     @asynccontextmanager
@@ -45,6 +48,9 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             app.state.ready = False
+            # The server has waited for (or given up on) every task: whatever is left is lost.
+            backlog.draining = True
+            backlog.drop_all()
             tracer_provider.shutdown()  # flushes the spans still queued
             stop_sentry()
 
@@ -55,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.ready = False
+    app.state.backlog = backlog  # the worker marks it draining when a stop signal arrives
     app.include_router(tutorial_router(settings))
 
     @app.get("/metrics", include_in_schema=False)

@@ -8,6 +8,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Long enough to refuse the tutorial's "test123" and the usual placeholders ("changeme", "secret").
 MIN_TOKEN_LENGTH = 16
+# After the drain: time to flush spans and Sentry events before gunicorn's SIGKILL.
+SHUTDOWN_FLUSH_SECONDS = 10
 
 TracesSampler = Literal[
     "always_on",
@@ -32,7 +34,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     web_concurrency: int = Field(default=2, ge=1, le=64)
-    task_threads: int = Field(default=40, ge=1, le=1000)
+    task_threads: int = Field(default=40, ge=1, le=1000, description="Threads for sync tasks, apart from endpoints'.")
+    max_pending_tasks: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Per worker; beyond it, task routes answer 503."
+    )
+    retry_after_seconds: int = Field(default=2, ge=1, le=3600, description="Retry-After sent with that 503.")
+    drain_seconds: float = Field(
+        default=20.0, ge=0, le=3600, description="After a stop signal, how long pending tasks may run."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     sentry_dsn: AnyHttpUrl | None = None

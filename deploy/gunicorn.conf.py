@@ -3,6 +3,7 @@
 Run from the project root: gunicorn -c deploy/gunicorn.conf.py
 """
 
+import math
 import os
 import shutil
 import sys
@@ -14,7 +15,14 @@ from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.settings import Settings, describe_error
+# Set before anything imports prometheus_client, which picks its storage at import: a process
+# that imported it first would keep its values in memory, invisible to scrapes. A HUP reload
+# runs this file again and finds the variable already set.
+_multiproc_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="prometheus-multiproc-"))
+os.makedirs(_multiproc_dir, exist_ok=True)
+
+from app.observability.multiprocess import merge_dead_worker  # noqa: E402
+from app.settings import SHUTDOWN_FLUSH_SECONDS, Settings, describe_error  # noqa: E402
 
 try:
     _settings = Settings()
@@ -22,9 +30,14 @@ except ValidationError as error:  # fail before any worker forks, naming the set
     sys.exit(describe_error(error))
 
 wsgi_app = "app.main:create_app_from_env()"
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "app.worker.DrainingUvicornWorker"
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.web_concurrency
+# A stopping worker drains its tasks for DRAIN_SECONDS; the margin covers flushing spans and
+# Sentry events before the master's SIGKILL. A draining worker stops heartbeating, so the
+# heartbeat timeout must not fire first.
+graceful_timeout = math.ceil(_settings.drain_seconds) + SHUTDOWN_FLUSH_SECONDS
+timeout = max(30, graceful_timeout)
 control_socket_disable = True  # one less socket in $HOME; nothing here uses gunicornc
 accesslog = None  # the metrics and traces say more; an access line per request costs throughput
 
@@ -35,20 +48,12 @@ def on_starting(server: Any) -> None:
     Counters from a previous run must not leak in, and wiping again on reload would make
     the totals of live workers go backwards.
     """
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="prometheus-multiproc-")
-    os.makedirs(directory, exist_ok=True)
-    for entry in os.scandir(directory):
+    for entry in os.scandir(_multiproc_dir):
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)
-    # Set before any worker forks and imports prometheus_client, which reads it at import.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    # Imported here, never at the top: a master that imported prometheus_client before
-    # PROMETHEUS_MULTIPROC_DIR was set would fork workers that keep their values in memory.
-    from prometheus_client import multiprocess  # noqa: PLC0415
-
-    multiprocess.mark_process_dead(worker.pid)
+    merge_dead_worker(_multiproc_dir, worker.pid)

@@ -28,6 +28,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.observability.multiprocess import exposition
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tok-" + "x" * 12 + "-e2e-secret"  # a valid API_TOKEN that no placeholder check refuses
 
@@ -195,22 +197,42 @@ def _die_with_parent() -> None:
 class Gunicorn:
     """The real service: gunicorn, uvicorn workers, deploy/gunicorn.conf.py."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], app: str | None = None, workers: int = 2) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        app: str | None = None,
+        workers: int = 2,
+        options: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.workers = workers
         self.port = free_port()
         self.log_file = workdir / "tasks.log"
+        self.multiproc_dir = workdir / "prometheus"
         self.stderr_path = workdir / "gunicorn.stderr"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SENTRY_"))},
             "PORT": str(self.port),
             "WEB_CONCURRENCY": str(workers),
             "LOG_FILE": str(self.log_file),
-            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus"),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
             **env,
         }
-        self.args = [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", *([app] if app else [])]
+        self.args = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "deploy/gunicorn.conf.py",
+            *options,
+            *([app] if app else []),
+        ]
         self.process: subprocess.Popen[bytes] | None = None
+        self._scraper = self.connection_per_request_client()
+        self._thread_clients = threading.local()
+        self._all_thread_clients: list[httpx.Client] = []
 
     def start(self) -> "Gunicorn":
         with self.stderr_path.open("wb") as stderr:
@@ -232,9 +254,24 @@ class Gunicorn:
         return self.stderr().count("Application startup complete.") >= self.workers
 
     def stop(self) -> None:
+        for client in [self._scraper, *self._all_thread_clients]:
+            client.close()
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=60)
+
+    def worker_pids(self) -> set[int]:
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        return {int(pid) for pid in children.split()}
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def metrics_left_behind(self) -> "Metrics":
+        """The totals in the multiprocess directory, read as /metrics would, once gunicorn is gone."""
+        return Metrics.parse(exposition(str(self.multiproc_dir)).decode())
 
     @property
     def url(self) -> str:
@@ -242,6 +279,18 @@ class Gunicorn:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def connection_per_request_client(self) -> httpx.Client:
+        """A new connection per request lets the kernel spread them over the workers."""
+        return self.client(limits=httpx.Limits(max_keepalive_connections=0))
+
+    def thread_client(self) -> httpx.Client:
+        """This thread's connection-per-request client: one shared by many threads saw EBADF."""
+        client: httpx.Client | None = getattr(self._thread_clients, "client", None)
+        if client is None:
+            client = self._thread_clients.client = self.connection_per_request_client()
+            self._all_thread_clients.append(client)
+        return client
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -254,7 +303,7 @@ class Gunicorn:
         return self.log_file.read_text().splitlines() if self.log_file.exists() else []
 
     def metrics(self) -> "Metrics":
-        response = httpx.get(self.url + "/metrics", timeout=30)
+        response = self._scraper.get("/metrics")
         assert response.status_code == 200
         return Metrics.parse(response.text)
 

@@ -28,9 +28,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
 
 
 def _post(server: Gunicorn, route: str, i: int) -> int:
-    # A new connection per request, so the kernel spreads them over the workers.
     kwargs = ENDPOINTS[route][1](i)
-    return httpx.post(server.url + route, timeout=30, **kwargs).status_code
+    return server.thread_client().post(route, **kwargs).status_code
 
 
 def _task_pids(server: Gunicorn) -> set[int]:

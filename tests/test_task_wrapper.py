@@ -1,6 +1,7 @@
 """The wrapper's edges, in process: names, and apps that are not ours."""
 
 import functools
+from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
@@ -14,6 +15,7 @@ from app.main import create_app
 from app.observability.task_wrapper import task_name
 from app.settings import Settings
 from app.tasks import write_log
+from tests.support import Metrics
 
 
 def test_task_name_is_the_qualified_name_through_partials() -> None:
@@ -47,3 +49,55 @@ def test_an_app_that_is_not_ours_keeps_starlettes_semantics() -> None:
     anyio.run(Starlette(routes=[Route("/", endpoint)]), scope, receive, send)
     assert sent[0]["status"] == 200
     assert ran == ["first", "second"]
+
+
+async def wait_forever(started: anyio.Event) -> None:
+    started.set()
+    await anyio.sleep(3600)
+
+
+def test_a_cancelled_batch_counts_its_unfinished_tasks_as_dropped(tmp_path: Path) -> None:
+    """Cancelled outside a shutdown (another server, a client gone): reason "cancelled"."""
+    app = create_app(Settings(log_file=tmp_path / "tasks.log"))
+    started = anyio.Event()
+
+    @app.post("/slow/")
+    async def slow_endpoint() -> JSONResponse:
+        tasks = [BackgroundTask(wait_forever, started), BackgroundTask(write_log, None)]
+        return JSONResponse({}, background=BackgroundTasks(tasks))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/slow/",
+        "headers": [],
+        "query_string": b"",
+        "root_path": "",
+        "app": app,
+    }
+
+    async def cancel_mid_task() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(app, scope, receive, send)
+            await started.wait()
+            group.cancel_scope.cancel()
+
+    anyio.run(cancel_mid_task)
+    sent.clear()
+    anyio.run(app, {**scope, "method": "GET", "path": "/metrics"}, receive, send)
+    metrics = Metrics.parse(b"".join(m.get("body", b"") for m in sent).decode())
+    assert metrics.get_value("background_tasks_scheduled_total", route="/slow/") == 2
+    assert metrics.get_value("background_tasks_dropped_total", task="wait_forever", reason="cancelled") == 1
+    assert metrics.get_value("background_tasks_dropped_total", task="write_log", reason="cancelled") == 1
+    assert metrics.get_value("background_task_duration_seconds_count", outcome="cancelled") == 1
+    assert metrics.get_value("background_task_duration_seconds_count") == 1
+    assert metrics.get_value("background_tasks_pending") == 0
+    assert app.state.backlog.depth == 0

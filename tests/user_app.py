@@ -1,5 +1,7 @@
 """What a user of the template writes: their own routes and tasks, with no telemetry code."""
 
+import time
+
 from fastapi import BackgroundTasks, FastAPI
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
@@ -24,6 +26,10 @@ def charge_card(email: str, amount_cents: int) -> None:
 
 async def reserve_stock(order_id: str) -> None:
     raise WarehouseOfflineError("warehouse offline")
+
+
+def build_report(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 def create() -> FastAPI:
@@ -51,5 +57,14 @@ def create() -> FastAPI:
     @app.post("/checkout/")
     async def checkout(email: str) -> dict[str, str]:
         raise PaymentDeclinedError("card declined at checkout")
+
+    @app.post("/reports/")
+    async def report(seconds: float, background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(build_report, seconds)
+        return {"status": "building"}
+
+    @app.get("/inventory/")
+    def inventory() -> dict[str, int]:  # sync: served from AnyIO's default thread pool
+        return {"items": 3}
 
     return app

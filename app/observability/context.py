@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from anyio import CapacityLimiter
 from opentelemetry.trace import Tracer
 
+from app.observability.backlog import Backlog
 from app.observability.metrics import Metrics
 
 
@@ -18,6 +19,7 @@ class Telemetry:
     tracer: Tracer
     logger: logging.Logger
     task_limiter: CapacityLimiter
+    backlog: Backlog
 
 
 @dataclass(slots=True)

@@ -1,20 +1,15 @@
 """The Prometheus metric catalogue (design.md §3) and its exposition.
 
 Under gunicorn, PROMETHEUS_MULTIPROC_DIR is set by the master before any worker imports
-prometheus_client, so every value lands in a per-process file and each scrape merges them.
+prometheus_client, so every value lands in a per-process file and each scrape merges them
+(see multiprocess.py for how dead workers' files are folded together).
 """
 
 import os
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from app.observability import multiprocess
 
 RESPONSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -80,6 +75,18 @@ class Metrics:
             ["task", "route", "reason"],
             registry=r,
         )
+        self.tasks_pending = Gauge(
+            "background_tasks_pending",
+            "Background tasks handed over and not yet finished: waiting or running.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.tasks_rejected = Counter(
+            "background_tasks_rejected",
+            "Requests answered 503 because their worker's task backlog was full.",
+            ["route"],
+            registry=r,
+        )
         self.request_lifetime = Histogram(
             "http_request_lifetime_seconds",
             "Request start to the end of its last background task: the full cost of a request.",
@@ -92,7 +99,4 @@ class Metrics:
         multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if not multiproc_dir:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
-        # A fresh registry per scrape, as the multiprocess docs require.
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        return multiprocess.exposition(multiproc_dir), CONTENT_TYPE_LATEST

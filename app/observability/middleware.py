@@ -12,6 +12,7 @@ from app.observability.errors import report_exception
 from app.observability.tracing import traceparent
 
 UNMATCHED = "unmatched"
+_BACKLOG_FULL = b'{"detail":"Too many background tasks are pending; retry later."}'
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
@@ -93,7 +94,11 @@ class RequestTelemetryMiddleware:
                 metrics.request_duration.labels(method, route, str(status)).observe(now - started)
 
         try:
-            await self.app(scope, receive, send_and_time)
+            if self.telemetry.backlog.rejects(route):
+                metrics.tasks_rejected.labels(route).inc()
+                await self._reject(send_and_time)
+            else:
+                await self.app(scope, receive, send_and_time)
         except Exception as exc:
             report_exception(exc, mechanism="asgi", tags={"route": route})
             raise
@@ -102,3 +107,17 @@ class RequestTelemetryMiddleware:
             answered(now)
             metrics.request_lifetime.labels(route).observe(now - started)
             current_request.reset(token)
+
+    async def _reject(self, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(_BACKLOG_FULL)).encode()),
+                    (b"retry-after", self.telemetry.backlog.retry_after),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": _BACKLOG_FULL})

@@ -9,7 +9,9 @@ same method, so each task gets exactly one span.
 
 For each task it records the start delay, the run time by outcome, failures by exception
 class, one span in the request's trace, one Sentry event per failure and one log line.
-A task that raises is reported and contained, so the tasks after it still run.
+A task that raises is reported and contained, so the tasks after it still run. Every task
+is entered in the worker's backlog when handed over and settled there exactly once, as
+finished or as dropped, so the counts add up even when a shutdown cuts tasks short.
 """
 
 import functools
@@ -26,6 +28,7 @@ from opentelemetry.util.types import Attributes
 from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.concurrency import run_in_threadpool
 
+from app.observability.backlog import Entry
 from app.observability.context import RequestRecord, current_request
 from app.observability.errors import report_exception
 
@@ -58,40 +61,40 @@ async def _observed_call(self: BackgroundTask) -> None:
 
 
 async def _run_batch(record: RequestRecord, tasks: Sequence[BackgroundTask]) -> None:
-    metrics = record.telemetry.metrics
-    names = [task_name(task.func) for task in tasks]
-    for name in names:
-        metrics.tasks_scheduled.labels(name, record.route).inc()
-    for index, (task, name) in enumerate(zip(tasks, names, strict=True)):
+    backlog = record.telemetry.backlog
+    entries = backlog.open([task_name(task.func) for task in tasks], record.route)
+    for index, (task, entry) in enumerate(zip(tasks, entries, strict=True)):
         try:
             if task.is_async:
-                with _observed(record, name):
+                with _observed(record, entry):
                     await task.func(*task.args, **task.kwargs)
             else:
                 # A limiter of its own: sync tasks never take the threads of sync endpoints.
-                await to_thread.run_sync(_run_sync, record, name, task, limiter=record.telemetry.task_limiter)
+                # Abandoned on cancel (the shutdown deadline): the worker exits instead of
+                # waiting for the thread, and the task is settled as dropped right here.
+                await to_thread.run_sync(
+                    _run_sync, record, entry, task, limiter=record.telemetry.task_limiter, abandon_on_cancel=True
+                )
         except BaseException:
-            # Cancelled (the worker is going away): the tasks not yet started are lost; say so.
-            for lost in names[index + 1 :]:
-                metrics.tasks_dropped.labels(lost, record.route, "cancelled").inc()
+            backlog.drop(entries[index:])  # this task (unless it settled itself) and those not yet started
             raise
 
 
-def _run_sync(record: RequestRecord, name: str, task: BackgroundTask) -> None:
-    with _observed(record, name):
+def _run_sync(record: RequestRecord, entry: Entry, task: BackgroundTask) -> None:
+    with _observed(record, entry):
         task.func(*task.args, **task.kwargs)
 
 
 @contextmanager
-def _observed(record: RequestRecord, name: str) -> Iterator[None]:
-    telemetry, route = record.telemetry, record.route
+def _observed(record: RequestRecord, entry: Entry) -> Iterator[None]:
+    telemetry, route, name = record.telemetry, record.route, entry[1]
     metrics = telemetry.metrics
     started = perf_counter()
     delay = started - (record.response_sent or started)
     metrics.task_start_delay.labels(name, route).observe(delay)
     in_progress = metrics.tasks_in_progress.labels(name)
     in_progress.inc()
-    outcome, level, exc_info = "success", logging.INFO, None
+    outcome, level, exc_info, exception = "success", logging.INFO, None, ""
     attributes: Attributes = {"background_task.name": name, "http.route": route, "background_task.start_delay_s": delay}
     with telemetry.tracer.start_as_current_span(
         f"BackgroundTask {name}", attributes=attributes, record_exception=False, set_status_on_exception=False
@@ -101,18 +104,23 @@ def _observed(record: RequestRecord, name: str) -> Iterator[None]:
         except Exception as exc:  # contained: the next task of the response must still run
             outcome, level, exc_info = "failure", logging.ERROR, exc
             span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            metrics.task_failures.labels(name, route, type(exc).__name__).inc()
+            exception = type(exc).__name__
+            span.set_status(Status(StatusCode.ERROR, exception))
             report_exception(exc, mechanism="background_task", tags={"background_task": name, "route": route})
         except BaseException:
-            # Cancellation is not the task's failure, but the task did not finish.
+            # Cancellation is not the task's failure, but the task did not finish: the batch
+            # settles it as dropped.
             outcome, level = "cancelled", logging.WARNING
-            metrics.tasks_dropped.labels(name, route, "cancelled").inc()
             raise
         finally:
             duration = perf_counter() - started
             in_progress.dec()
-            metrics.task_duration.labels(name, route, outcome).observe(duration)
+            # The batch settles a cancelled task as dropped; a task that ends after the shutdown
+            # deadline counted it as dropped must not be counted as finished too.
+            if outcome == "cancelled" or telemetry.backlog.settle(entry):
+                metrics.task_duration.labels(name, route, outcome).observe(duration)
+                if exception:
+                    metrics.task_failures.labels(name, route, exception).inc()
             span.set_attribute("background_task.outcome", outcome)
             telemetry.logger.log(
                 level,

@@ -1,0 +1,74 @@
+"""Prometheus multiprocess files whose number does not grow with every worker that ever lived.
+
+prometheus-client keeps one counter file and one histogram file per worker pid, and a scrape
+reads them all, so with recycled workers scrapes slow down without bound. When gunicorn's
+master reaps a worker, `merge_dead_worker` folds that pid's counter and histogram values into
+one `<kind>_merged.db` per kind and deletes the pid's files:
+
+- Exact and monotonic. Values are summed per series key, and a histogram file holds
+  per-bucket (not cumulative) counts, so the sum is the same total the collector would have
+  made from the separate files.
+- No double count, no gap. The merge writes a temporary file that the collector's `*.db` glob
+  never matches, renames it over the merged file and then deletes the dead pid's files, all
+  under an exclusive lock; every scrape reads under a shared lock. So a scrape sees the dead
+  worker's values either in its own files or in the merged file, never both and never neither.
+- Safe under pid reuse. The merge runs in the master's `child_exit`, before the master forks
+  any replacement, so by the time the pid can name a new worker its old files are gone and the
+  new worker starts from zero instead of adding to (or being merged with) the dead one's values.
+- The live gauges (livesum) of the dead pid are removed, as `mark_process_dead` does.
+"""
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+_LOCK_FILE = "merge.lock"
+_MERGED_KINDS = ("counter", "histogram")
+
+
+@contextmanager
+def _locked(directory: str, operation: int) -> Iterator[None]:
+    fd = os.open(os.path.join(directory, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, operation)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def exposition(directory: str) -> bytes:
+    registry = CollectorRegistry()  # a fresh one per scrape, as the multiprocess docs require
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    with _locked(directory, fcntl.LOCK_SH):
+        return generate_latest(registry)
+
+
+def merge_dead_worker(directory: str, pid: int) -> None:
+    mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    with _locked(directory, fcntl.LOCK_EX):
+        for kind in _MERGED_KINDS:
+            dead = os.path.join(directory, f"{kind}_{pid}.db")
+            if not os.path.exists(dead):
+                continue
+            merged = os.path.join(directory, f"{kind}_merged.db")
+            totals: dict[str, float] = {}
+            for path in (merged, dead):
+                if os.path.exists(path):
+                    for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(path):  # type: ignore[no-untyped-call]
+                        totals[key] = totals.get(key, 0.0) + value
+            temporary = merged + ".tmp"
+            with suppress(FileNotFoundError):  # left by a master that died mid-merge
+                os.unlink(temporary)
+            writer = MmapedDict(temporary)  # type: ignore[no-untyped-call]
+            try:
+                for key, value in totals.items():
+                    writer.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+            finally:
+                writer.close()  # type: ignore[no-untyped-call]
+            os.replace(temporary, merged)
+            os.unlink(dead)

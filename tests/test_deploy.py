@@ -1,0 +1,66 @@
+"""The deployment files, checked offline: Dockerfile lint, Kubernetes schemas and the drain timing."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from app.settings import SHUTDOWN_FLUSH_SECONDS, Settings
+from tests.support import ROOT
+
+K8S = ROOT / "deploy" / "k8s"
+BIN = Path(sys.executable).parent
+
+
+def _validate(*paths: Path) -> subprocess.CompletedProcess[str]:
+    command = [str(BIN / "kubernetes-validate"), "--strict", *map(str, paths)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _deployment() -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load((K8S / "deployment.yaml").read_text())
+    return manifest
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def test_dockerfile_lints_clean() -> None:
+    result = subprocess.run(
+        [str(BIN / "hadolint"), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_manifests_match_the_kubernetes_schema(tmp_path: Path) -> None:
+    manifests = sorted(K8S.glob("*.yaml"))
+    assert {m.name for m in manifests} == {"deployment.yaml", "service.yaml"}
+    result = _validate(*manifests)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The check can fail: a misspelt field is refused.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((K8S / "deployment.yaml").read_text().replace("readinessProbe:", "readynessProbe:"))
+    assert _validate(broken).returncode != 0
+
+
+def test_the_pod_outlives_the_drain_and_keeps_metrics_in_memory() -> None:
+    spec = _deployment()["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    drain = float(_env(container).get("DRAIN_SECONDS", Settings().drain_seconds))
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    graceful_timeout = drain + SHUTDOWN_FLUSH_SECONDS  # as deploy/gunicorn.conf.py sets it
+    assert spec["terminationGracePeriodSeconds"] > pre_stop + graceful_timeout
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    multiproc_dir = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", dockerfile)
+    assert multiproc_dir is not None
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts[multiproc_dir.group(1)]]["emptyDir"]["medium"] == "Memory"
+    assert spec["securityContext"]["runAsNonRoot"] is True

@@ -1,0 +1,74 @@
+"""/metrics stays fast and exact however many workers have come and gone."""
+
+import os
+import signal
+import statistics
+import time
+from pathlib import Path
+
+from tests.support import TOKEN, Gunicorn, started, wait_for
+
+RECYCLES = 500
+WORKERS = 8  # a worker's life here is mostly waiting (boot, drain): more of them recycle faster
+ROUTES = ("/log/", "/send-mail/", "/notify/", "/send-message/")
+
+
+def _traffic(server: Gunicorn, first: int, count: int) -> int:
+    with server.connection_per_request_client() as client:
+        for i in range(first, first + count):
+            params = {"msg": f"m{i}", "email": f"r{i}@example.com", "message": f"m{i}"}
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            assert client.post(ROUTES[i % len(ROUTES)], params=params, headers=headers).status_code == 200
+    sent = first + count
+    wait_for(lambda: len(server.log_file_lines()) == sent, what="every task of the traffic")
+    return sent
+
+
+def _scrape_seconds(server: Gunicorn, scrapes: int = 40) -> float:
+    timings = []
+    with server.client() as client:
+        for _ in range(scrapes):
+            began = time.perf_counter()
+            assert client.get("/metrics").status_code == 200
+            timings.append(time.perf_counter() - began)
+    return statistics.median(timings)
+
+
+def _started_workers(server: Gunicorn) -> int:
+    return server.stderr().count("Application startup complete.")
+
+
+def test_scrapes_after_500_recycled_workers_are_fast_and_exact(tmp_path: Path) -> None:
+    # --preload only makes each of the 500 worker boots cheap; merging does not depend on it.
+    env = {"API_TOKEN": TOKEN, "EMAIL_SEND_SECONDS": "0"}
+    for server in started(Gunicorn(tmp_path, env=env, workers=WORKERS, options=("--preload",))):
+        sent = _traffic(server, 0, 4 * WORKERS)
+        fresh = _scrape_seconds(server)
+        recycled_workers = 0
+        while recycled_workers < RECYCLES:
+            sent = _traffic(server, sent, 2 * WORKERS)  # so the workers about to go leave files behind
+            workers = server.worker_pids()
+            for pid in workers:
+                os.kill(pid, signal.SIGTERM)  # what a HUP or max_requests does to each worker
+            recycled_workers += len(workers)
+            wait_for(
+                lambda: _started_workers(server) == WORKERS + recycled_workers,  # noqa: B023
+                what="the replacements",
+            )
+        sent = _traffic(server, sent, 4 * WORKERS)  # the live workers' files as in the fresh state
+        recycled = _scrape_seconds(server)
+        files = sorted(p.name for p in server.multiproc_dir.glob("*.db"))
+        metrics = server.wait_for_metrics(lambda m: m.get_value("background_tasks_pending") == 0, "every task")
+
+    print(f"median /metrics: fresh {fresh * 1000:.2f} ms, after {recycled_workers} recycles {recycled * 1000:.2f} ms")
+    assert recycled <= 1.5 * fresh
+    assert "counter_merged.db" in files
+    assert len(files) <= 2 + 3 * WORKERS, files  # merged counters and histograms, and the live workers'
+    for i, route in enumerate(ROUTES):
+        calls = len(range(i, sent, len(ROUTES)))
+        assert metrics.get_value("background_tasks_scheduled_total", route=route) == calls
+        assert metrics.get_value("background_task_duration_seconds_count", route=route, outcome="success") == calls
+        assert metrics.get_value("http_server_request_duration_seconds_count", route=route, status="200") == calls
+        assert metrics.get_value("http_request_lifetime_seconds_count", route=route) == calls
+    assert metrics.get_value("background_task_failures_total") == 0
+    assert metrics.get_value("background_tasks_dropped_total") == 0
