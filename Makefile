@@ -10,7 +10,9 @@ CONTAINER_TOOLS ?= ../shared/container
 DOCKER ?= $(CONTAINER_TOOLS)/docker
 BASE_IMAGE ?= $$($(CONTAINER_TOOLS)/base-image)
 
-.PHONY: run test lint pins image-test
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint pins image-test prometheus demo
 
 $(BIN)/gunicorn: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +31,18 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint prometheus
 	$(BIN)/pytest
+
+# The dashboard and alert tests run Debian's prometheus and promtool.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q prometheus; }
+
+# Traffic for the dashboards, failing tasks included: start the stack first, e.g.
+# docker compose -f deploy/compose.yaml up --build (DEMO_URL, DEMO_SECONDS, API_TOKEN).
+demo:
+	$(PYTHON) deploy/demo.py
 
 image-test: $(VENV)/.dev
 	DOCKER=$(DOCKER) BASE_IMAGE=$(BASE_IMAGE) $(BIN)/pytest -m container

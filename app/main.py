@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
         start_sentry(settings)
         if settings.api_token is None:
             logger.warning("API_TOKEN is not set: /notify/ answers 401 to every caller")
+        metrics.worker_processes.set(1)
         app.state.ready = True
         try:
             yield

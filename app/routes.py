@@ -26,7 +26,13 @@ def tutorial_router(settings: Settings) -> APIRouter:
         email: Annotated[EmailStr, Query(max_length=254)], background_tasks: BackgroundTasks
     ) -> dict[str, str]:
         background_tasks.add_task(
-            send_email, log, email, "Welcome!", "Thanks for joining 🎉", delay_seconds=settings.email_send_seconds
+            send_email,
+            log,
+            email,
+            "Welcome!",
+            "Thanks for joining 🎉",
+            delay_seconds=settings.email_send_seconds,
+            failure_rate=settings.email_failure_rate,
         )
         return {"status": f"Email to {email} is being sent in background"}
 

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     api_username: str = Field(default="api-user", min_length=1, max_length=64)
     log_file: Path = Path("background-tasks.log")
     email_send_seconds: float = Field(default=5.0, ge=0, le=3600)
+    email_failure_rate: float = Field(default=0.0, ge=0, le=1, description="Share of simulated sends that fail.")
     max_message_length: int = Field(default=1000, ge=1, le=100_000)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -1,6 +1,7 @@
 """The background work itself. Nothing here knows about telemetry: the task wrapper adds it."""
 
 import os
+import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +49,10 @@ def write_log(log: LogFile, message: str) -> None:
     log.append(message)
 
 
+class EmailDeliveryError(Exception):
+    pass
+
+
 def send_email(
     log: LogFile,
     email: str,
@@ -55,8 +60,11 @@ def send_email(
     body: str,  # noqa: ARG001
     *,
     delay_seconds: float,
+    failure_rate: float = 0.0,
 ) -> None:
     time.sleep(delay_seconds)  # stands in for a slow SMTP conversation
+    if random.random() < failure_rate:  # noqa: S311 - a simulation, not a secret
+        raise EmailDeliveryError("simulated: the mail server refused the message")
     log.append(f"Sent email to {email}: {subject}")
 
 

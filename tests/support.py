@@ -190,7 +190,7 @@ def _any_value(value: Any) -> Any:
 # --- gunicorn -------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
@@ -242,7 +242,7 @@ class Gunicorn:
                 env=self.env,
                 stdout=stderr,
                 stderr=stderr,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509
+                preexec_fn=die_with_parent,  # noqa: PLW1509
             )
         wait_for(self._all_workers_up, timeout=60, what="all gunicorn workers to finish startup")
         return self

@@ -47,6 +47,48 @@ def test_manifests_match_the_kubernetes_schema(tmp_path: Path) -> None:
     assert _validate(broken).returncode != 0
 
 
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["promtool", *args], cwd=ROOT / "deploy" / "prometheus", capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
+    for args in (
+        ("check", "config", "prometheus.yml"),
+        ("check", "rules", "alerts.yml"),
+        ("test", "rules", "alerts.test.yml"),
+    ):
+        result = _promtool(*args)
+        assert result.returncode == 0, result.stdout + result.stderr
+    # The rule tests can fail: a test that expects the wrong threshold is refused.
+    wrong = (ROOT / "deploy" / "prometheus" / "alerts.test.yml").read_text().replace("fails 10% of", "fails 11% of")
+    (tmp_path / "alerts.yml").write_text((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    (tmp_path / "alerts.test.yml").write_text(wrong)
+    result = subprocess.run(
+        ["promtool", "test", "rules", "alerts.test.yml"], cwd=tmp_path, capture_output=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+
+
+def test_the_compose_file_matches_the_compose_spec_and_its_files_exist() -> None:
+    compose_file = ROOT / "deploy" / "compose.yaml"
+    result = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(compose_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    compose = yaml.safe_load(compose_file.read_text())
+    assert set(compose["services"]) == {"app", "prometheus", "alertmanager", "grafana", "otel-collector", "tempo"}
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            assert (compose_file.parent / volume.split(":")[0]).exists(), volume
+    assert (compose_file.parent / compose["services"]["app"]["build"]["context"] / "Dockerfile").exists()
+
+
 def test_the_pod_outlives_the_drain_and_keeps_metrics_in_memory() -> None:
     spec = _deployment()["spec"]["template"]["spec"]
     (container,) = spec["containers"]

@@ -3,7 +3,9 @@
 import sys
 from pathlib import Path
 
-from app.tasks import LogFile, one_line, write_log
+import pytest
+
+from app.tasks import EmailDeliveryError, LogFile, one_line, send_email, write_log
 
 
 def test_no_character_can_break_a_line() -> None:
@@ -27,3 +29,11 @@ def test_write_log_appends_one_line(tmp_path: Path) -> None:
     write_log(log, "first")
     write_log(log, "second\r\nthird")
     assert (tmp_path / "log.txt").read_text().splitlines() == ["first", "second\\r\\nthird"]
+
+
+def test_the_simulated_send_fails_at_the_configured_rate(tmp_path: Path) -> None:
+    log = LogFile(tmp_path / "tasks.log")
+    with pytest.raises(EmailDeliveryError):
+        send_email(log, "a@example.com", "Hi", "body", delay_seconds=0, failure_rate=1.0)
+    send_email(log, "b@example.com", "Hi", "body", delay_seconds=0, failure_rate=0.0)
+    assert log.path.read_text() == "Sent email to b@example.com: Hi\n"

@@ -28,6 +28,11 @@ async def reserve_stock(order_id: str) -> None:
     raise WarehouseOfflineError("warehouse offline")
 
 
+def import_rows(count: int) -> None:
+    if count < 0:
+        raise ValueError("a negative row count")
+
+
 def build_report(seconds: float) -> None:
     time.sleep(seconds)
 
@@ -62,6 +67,11 @@ def create() -> FastAPI:
     async def report(seconds: float, background_tasks: BackgroundTasks) -> dict[str, str]:
         background_tasks.add_task(build_report, seconds)
         return {"status": "building"}
+
+    @app.post("/imports/")
+    async def start_import(count: int, background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(import_rows, count)
+        return {"status": "importing"}
 
     @app.get("/inventory/")
     def inventory() -> dict[str, int]:  # sync: served from AnyIO's default thread pool

@@ -14,6 +14,7 @@ import threading
 from app.observability.metrics import Metrics
 
 Entry = tuple[int, str, str]  # (id, task, route)
+DROP_REASONS = ("shutdown", "cancelled")
 
 
 class Backlog:
@@ -26,6 +27,7 @@ class Backlog:
         self._ids = itertools.count()
         self._open: dict[int, Entry] = {}
         self._task_routes: set[str] = set()
+        self._known: set[tuple[str, str]] = set()
         self.draining = False  # set when the worker starts its graceful shutdown
 
     @property
@@ -42,7 +44,16 @@ class Backlog:
 
     def open(self, tasks: list[str], route: str) -> list[Entry]:
         with self._lock:
-            self._task_routes.add(route)
+            if route not in self._task_routes:
+                self._task_routes.add(route)
+                self._metrics.tasks_rejected.labels(route)
+            for task in tasks:
+                if (task, route) not in self._known:
+                    # Exported at zero from the start: a series that first appears at 1 shows
+                    # no increase, so the first drop would never fire an alert.
+                    self._known.add((task, route))
+                    for reason in DROP_REASONS:
+                        self._metrics.tasks_dropped.labels(task, route, reason)
             entries = [(next(self._ids), task, route) for task in tasks]
             for entry in entries:
                 self._open[entry[0]] = entry

@@ -87,6 +87,12 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.worker_processes = Gauge(
+            "server_worker_processes",
+            "Live worker processes serving this target: each sets 1 while it runs.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.request_lifetime = Histogram(
             "http_request_lifetime_seconds",
             "Request start to the end of its last background task: the full cost of a request.",

@@ -1,0 +1,340 @@
+"""The dashboards as code. Run `python grafana/dashboards.py` to rewrite grafana/dashboards/*.json.
+
+The JSON is committed and a test rebuilds it and compares, so edit this file, not the JSON.
+Datasources are referred to by the fixed uids of grafana/provisioning/datasources.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
+TEMPO_UID = "tempo"
+SCHEMA_VERSION = 39
+HERE = Path(__file__).resolve().parent
+TARGET = 'job=~"$job", instance=~"$instance"'
+RATE = "$__rate_interval"
+
+Panel = dict[str, Any]
+
+
+def _quantile(q: float, metric: str, selector: str, by: str = "le") -> str:
+    return f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{selector}}}[{RATE}])))"
+
+
+def _target(expr: str, legend: str, ref: int) -> dict[str, Any]:
+    return {"refId": chr(ord("A") + ref), "datasource": PROMETHEUS, "expr": expr, "legendFormat": legend}
+
+
+def _panel(title: str, exprs: dict[str, str], unit: str, description: str, **extra: Any) -> Panel:
+    """A time series panel; `exprs` maps each legend to its query."""
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": PROMETHEUS,
+        "targets": [_target(expr, legend, i) for i, (legend, expr) in enumerate(exprs.items())],
+        "fieldConfig": {"defaults": {"unit": unit, "min": 0}, "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]}},
+        **extra,
+    }
+
+
+def _row(title: str) -> Panel:
+    return {"type": "row", "title": title, "collapsed": False, "panels": []}
+
+
+def _variable(name: str, query: str, *, all_value: str | None = ".*") -> dict[str, Any]:
+    variable = {
+        "name": name,
+        "label": name,
+        "type": "query",
+        "datasource": PROMETHEUS,
+        "definition": query,
+        "query": {"query": query, "refId": f"{name}-values"},
+        "refresh": 2,  # on time range change
+        "multi": True,
+        "includeAll": True,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+    if all_value is not None:
+        variable["allValue"] = all_value
+    return variable
+
+
+def _layout(panels: list[Panel], width: int = 12, height: int = 8) -> list[Panel]:
+    """Two panels a row, a full-width line for each row panel; ids in order."""
+    x = y = 0
+    for panel_id, panel in enumerate(panels, start=1):
+        panel["id"] = panel_id
+        if panel["type"] == "row":
+            y += height if x else 0
+            panel["gridPos"] = {"x": 0, "y": y, "w": 24, "h": 1}
+            x, y = 0, y + 1
+            continue
+        w = panel.pop("width", width)
+        if x + w > 24:
+            x, y = 0, y + height
+        panel["gridPos"] = {"x": x, "y": y, "w": w, "h": height}
+        x += w
+    return panels
+
+
+def _dashboard(uid: str, title: str, description: str, variables: list[dict[str, Any]], panels: list[Panel]) -> Any:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["fastapi", "background-tasks"],
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "editable": False,
+        "graphTooltip": 1,  # shared crosshair: the gap lines up across panels
+        "time": {"from": "now-1h", "to": "now"},
+        "refresh": "30s",
+        "timezone": "browser",
+        "templating": {"list": variables},
+        "annotations": {"list": []},
+        "links": [],
+        "panels": _layout(panels),
+    }
+
+
+def _tempo_link(traceql: str) -> dict[str, Any]:
+    pane = {"datasource": TEMPO_UID, "queries": [{"refId": "A", "queryType": "traceql", "query": traceql}]}
+    return {"title": "Traces in Tempo", "url": "/explore?left=" + quote(json.dumps(pane, separators=(",", ":")))}
+
+
+def _sentry_link() -> dict[str, Any]:
+    return {
+        "title": "Sentry issues of these tasks",
+        "url": "${sentry_url}/issues/?query=" + quote("background_task:${task}"),
+        "targetBlank": True,
+    }
+
+
+def background_tasks() -> Any:
+    variables = [
+        _variable("job", "label_values(background_tasks_scheduled_total, job)"),
+        _variable("instance", 'label_values(background_tasks_scheduled_total{job=~"$job"}, instance)'),
+        # No custom "all" value: the gap panels repeat once per route.
+        _variable("route", f"label_values(background_tasks_scheduled_total{{{TARGET}}}, route)", all_value=None),
+        _variable("task", f'label_values(background_tasks_scheduled_total{{{TARGET}, route=~"$route"}}, task)'),
+        {
+            "name": "sentry_url",
+            "label": "Sentry",
+            "type": "textbox",
+            "query": "https://sentry.io/organizations/your-org",
+            "current": {"text": "https://sentry.io/organizations/your-org", "value": ""},
+            "hide": 2,
+        },
+    ]
+    one_route = f'{TARGET}, route="$route"'
+    some_routes = f'{TARGET}, route=~"$route"'
+    tasks = f'{TARGET}, route=~"$route", task=~"$task"'
+    trace_link = _tempo_link('{ name =~ "BackgroundTask .*" && span.http.route = "$route" }')
+    failed_traces = _tempo_link('{ name =~ "BackgroundTask .*" && status = error }')
+    panels = [
+        _row("The gap: what the client waited for, and what the work took"),
+        _panel(
+            "Response vs task time: $route",
+            {
+                "response p50": _quantile(0.5, "http_server_request_duration_seconds", one_route),
+                "response p95": _quantile(0.95, "http_server_request_duration_seconds", one_route),
+                "response p99": _quantile(0.99, "http_server_request_duration_seconds", one_route),
+                "task p50": _quantile(0.5, "background_task_duration_seconds", one_route),
+                "task p95": _quantile(0.95, "background_task_duration_seconds", one_route),
+                "task p99": _quantile(0.99, "background_task_duration_seconds", one_route),
+                "start delay p95": _quantile(0.95, "background_task_start_delay_seconds", one_route),
+            },
+            "s",
+            "Response time stops at the last response byte. Task time is each background task's run; "
+            "start delay is the wait between the response and the task's start.",
+            repeat="route",
+            repeatDirection="h",
+            maxPerRow=2,
+            links=[trace_link],
+        ),
+        _panel(
+            "Gap: task p95 ÷ response p95",
+            {
+                "{{route}}": _quantile(0.95, "background_task_duration_seconds", some_routes, "le, route")
+                + " / "
+                + _quantile(0.95, "http_server_request_duration_seconds", some_routes, "le, route")
+            },
+            "x",
+            "How many times longer the work takes than the response that scheduled it.",
+        ),
+        _panel(
+            "Request lifetime p95 (request start → last task end)",
+            {"{{route}}": _quantile(0.95, "http_request_lifetime_seconds", some_routes, "le, route")},
+            "s",
+            "The full cost of a request: its response plus every task it scheduled.",
+        ),
+        _row("Tasks"),
+        _panel(
+            "Tasks finished by outcome",
+            {
+                "{{task}} {{outcome}}": "sum by (task, outcome) "
+                f"(rate(background_task_duration_seconds_count{{{tasks}}}[{RATE}]))"
+            },
+            "ops",
+            "Tasks per second that ended, by outcome: success, failure, cancelled.",
+        ),
+        _panel(
+            "Failure ratio",
+            {
+                "{{task}}": f"sum by (task) (rate(background_task_failures_total{{{tasks}}}[{RATE}]))"
+                f" / sum by (task) (rate(background_task_duration_seconds_count{{{tasks}}}[{RATE}]))"
+            },
+            "percentunit",
+            "Failed tasks ÷ finished tasks.",
+            links=[failed_traces, _sentry_link()],
+        ),
+        _panel(
+            "Failures by exception",
+            {
+                "{{task}} {{exception}}": "sum by (task, exception) "
+                f"(rate(background_task_failures_total{{{tasks}}}[{RATE}]))"
+            },
+            "ops",
+            "Each failure is also a Sentry event tagged background_task, and an ERROR span.",
+            links=[failed_traces, _sentry_link()],
+        ),
+        _panel(
+            "Scheduled",
+            {"{{task}}": f"sum by (task) (rate(background_tasks_scheduled_total{{{tasks}}}[{RATE}]))"},
+            "ops",
+            "Tasks handed over by responses, per second.",
+        ),
+        _panel(
+            "In progress",
+            {"{{task}}": f'sum by (task) (background_tasks_in_progress{{{TARGET}, task=~"$task"}})'},
+            "short",
+            "Tasks running now, across every worker.",
+        ),
+        _panel(
+            "Pending (waiting or running)",
+            {"{{instance}}": f"sum by (instance) (background_tasks_pending{{{TARGET}}})"},
+            "short",
+            "Handed over and not yet finished. At MAX_PENDING_TASKS per worker, task routes answer 503.",
+        ),
+        _panel(
+            "Dropped",
+            {
+                "{{task}} {{reason}}": "sum by (task, reason) "
+                f"(increase(background_tasks_dropped_total{{{tasks}}}[{RATE}]))"
+            },
+            "short",
+            'Tasks that never ran or never finished: reason="shutdown" is the drain deadline.',
+        ),
+        _panel(
+            "Rejected (503, backlog full)",
+            {"{{route}}": f"sum by (route) (rate(background_tasks_rejected_total{{{some_routes}}}[{RATE}]))"},
+            "reqps",
+            "Requests shed because their worker's backlog was full.",
+        ),
+    ]
+    return _dashboard(
+        "background-tasks",
+        "Background tasks",
+        "Response time beside background task time, per route, and the health of the tasks.",
+        variables,
+        panels,
+    )
+
+
+def service() -> Any:
+    variables = [
+        _variable("job", "label_values(http_server_request_duration_seconds_count, job)"),
+        _variable("instance", 'label_values(http_server_request_duration_seconds_count{job=~"$job"}, instance)'),
+        _variable("route", f"label_values(http_server_request_duration_seconds_count{{{TARGET}}}, route)"),
+    ]
+    routes = f'{TARGET}, route=~"$route"'
+    panels = [
+        _row("Requests (RED)"),
+        _panel(
+            "Rate",
+            {"{{route}}": f"sum by (route) (rate(http_server_request_duration_seconds_count{{{routes}}}[{RATE}]))"},
+            "reqps",
+            "Requests per second by route template.",
+        ),
+        _panel(
+            "Errors (5xx ratio)",
+            {
+                "{{route}}": "sum by (route) "
+                f'(rate(http_server_request_duration_seconds_count{{{routes}, status=~"5.."}}[{RATE}]))'
+                f" / sum by (route) (rate(http_server_request_duration_seconds_count{{{routes}}}[{RATE}]))"
+            },
+            "percentunit",
+            "Share of responses that were 5xx. A 503 is also a shed request: see Background tasks.",
+        ),
+        _panel(
+            "Duration p50 / p95 / p99",
+            {
+                f"{{{{route}}}} p{int(q * 100)}": _quantile(
+                    q, "http_server_request_duration_seconds", routes, "le, route"
+                )
+                for q in (0.5, 0.95, 0.99)
+            },
+            "s",
+            "Request start to last response byte; never includes background task time.",
+        ),
+        _panel(
+            "5xx per second",
+            {
+                "{{route}} {{status}}": "sum by (route, status) "
+                f'(rate(http_server_request_duration_seconds_count{{{routes}, status=~"5.."}}[{RATE}]))'
+            },
+            "reqps",
+            "Server errors by route and status.",
+        ),
+        _row("Processes"),
+        _panel(
+            "Active requests",
+            {"{{route}}": f"sum by (route) (http_server_active_requests{{{routes}}})"},
+            "short",
+            "Requests not yet answered.",
+        ),
+        _panel(
+            "Workers",
+            {"{{instance}}": f"sum by (instance) (server_worker_processes{{{TARGET}}})"},
+            "short",
+            "Live gunicorn workers per instance: dips show restarts and recycling.",
+        ),
+        _panel(
+            "Scrape duration",
+            {"{{instance}}": f"scrape_duration_seconds{{{TARGET}}}"},
+            "s",
+            "How long Prometheus takes to read /metrics; it must not grow as workers recycle.",
+        ),
+        _panel(
+            "Target up",
+            {"{{instance}}": f"up{{{TARGET}}}"},
+            "short",
+            "1 while Prometheus can scrape the instance.",
+        ),
+    ]
+    return _dashboard(
+        "background-tasks-service",
+        "Service",
+        "Rate, errors and duration per route, and the processes behind them.",
+        variables,
+        panels,
+    )
+
+
+DASHBOARDS = {"background-tasks.json": background_tasks, "service.json": service}
+
+
+def render(build: Any) -> str:
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    for name, build in DASHBOARDS.items():
+        (HERE / "dashboards" / name).write_text(render(build))
+    sys.exit(0)

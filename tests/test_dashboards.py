@@ -1,0 +1,265 @@
+"""The dashboards and alerts, proven on a real Prometheus scraping real gunicorn every second."""
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.support import ROOT, TOKEN, Gunicorn, die_with_parent, free_port, started, wait_for
+
+DASHBOARDS = ROOT / "grafana" / "dashboards"
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+EMAIL_SEND_SECONDS = 1.0
+SEND_MAIL = "/send-mail/"
+
+
+@dataclass
+class Prometheus:
+    url: str
+    at: float | None = None  # evaluation time; None: now
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"query": expr} if self.at is None else {"query": expr, "time": self.at}
+        response = httpx.get(self.url + "/api/v1/query", params=params, timeout=30)
+        body = response.json()
+        assert body["status"] == "success", (expr, body)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        response = httpx.get(self.url + f"/api/v1/label/{label}/values", params={"match[]": match}, timeout=30)
+        values: list[str] = response.json()["data"]
+        return values
+
+
+def _start_prometheus(workdir: Path, target: str) -> Iterator[Prometheus]:
+    """Debian's prometheus with the repo's config and rules, scraping `target` every second."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(PROMETHEUS_DIR / "alerts.yml")]
+    config.pop("alerting")  # no Alertmanager here
+    config["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    binary = shutil.which("prometheus")
+    assert binary is not None, "make test installs Debian's prometheus"
+    with (workdir / "prometheus.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=log,
+            preexec_fn=die_with_parent,  # noqa: PLW1509
+        )
+    prometheus = Prometheus(f"http://127.0.0.1:{port}")
+    try:
+        wait_for(lambda: _ready(prometheus), what="prometheus to be ready")
+        yield prometheus
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def _ready(prometheus: Prometheus) -> bool:
+    try:
+        return httpx.get(prometheus.url + "/-/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@dataclass
+class Scene:
+    prometheus: Prometheus
+    server: Gunicorn
+    window: str  # covers the measured traffic, and nothing else that changed a counter
+    imports_failed: int
+    imports_sent: int
+
+
+def _warm_up(server: Gunicorn) -> None:
+    """Make every series exist: each route, failures, a 500, a 404, rejections and a drop."""
+    client = server.thread_client()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for path, params in [
+        ("/log/", {"msg": "warm"}),
+        ("/send-message/", {"message": "warm"}),
+        ("/orders/", {"email": "w@example.com", "order_id": "w1"}),
+        ("/imports/", {"count": 1}),
+        ("/imports/", {"count": -1}),
+        ("/reservations/", {"order_id": "w2"}),
+    ]:
+        assert client.post(path, params=params).status_code == 200
+    assert client.post("/notify/", headers=auth).status_code == 200
+    assert client.post("/checkout/", params={"email": "w@example.com"}).status_code == 500
+    assert client.get("/nope").status_code == 404
+
+    def send_mail(i: int) -> int:
+        return server.thread_client().post(SEND_MAIL, params={"email": f"burst{i}@example.com"}).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(send_mail, range(120)))
+    assert 503 in statuses, "the burst must overflow the backlog"
+    server.wait_for_metrics(lambda m: m.get_value("background_tasks_pending") == 0, "the burst's tasks")
+
+    # A task longer than DRAIN_SECONDS, then every worker told to stop: it is dropped.
+    assert client.post("/reports/", params={"seconds": 60}).status_code == 200
+    first_workers = server.worker_pids()
+    for pid in first_workers:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: len(server.worker_pids() - first_workers) == 2, what="the replacement workers")
+    wait_for(lambda: server.stderr().count("Application startup complete.") == 4, what="the replacements to start")
+    server.wait_for_metrics(
+        lambda m: (
+            m.get_value("background_tasks_dropped_total", reason="shutdown") == 1
+            and m.get_value("server_worker_processes") == 2
+        ),
+        "the drop and two live workers",
+    )
+
+
+def _measured(server: Gunicorn) -> tuple[int, int]:
+    client = server.thread_client()
+    counts = [-1 if i % 3 == 0 else 5 for i in range(12)]  # 4 of 12 imports fail
+    for count in counts:
+        assert client.post("/imports/", params={"count": count}).status_code == 200
+    for i in range(10):
+        assert client.post("/orders/", params={"email": f"m{i}@example.com", "order_id": f"m{i}"}).status_code == 200
+        assert client.post(SEND_MAIL, params={"email": f"m{i}@example.com"}).status_code == 200
+        assert client.post("/log/", params={"msg": f"measured {i}"}).status_code == 200
+    return sum(count < 0 for count in counts), len(counts)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
+    workdir = tmp_path_factory.mktemp("dashboards")
+    env = {
+        "API_TOKEN": TOKEN,
+        "EMAIL_SEND_SECONDS": str(EMAIL_SEND_SECONDS),
+        "TASK_THREADS": "4",
+        "MAX_PENDING_TASKS": "20",
+        "DRAIN_SECONDS": "1",
+    }
+    for server in started(Gunicorn(workdir / "app", env=env, app="tests.user_app:create()")):
+        for prometheus in _start_prometheus(workdir, f"127.0.0.1:{server.port}"):
+            _warm_up(server)
+            time.sleep(3)  # a few scrapes of the warmed-up counters before the window opens
+            opened = time.time()
+            failed, sent = _measured(server)
+            server.wait_for_metrics(lambda m: m.get_value("background_tasks_pending") == 0, "the measured tasks")
+            time.sleep(3)  # a few scrapes of the final counters
+            prometheus.at = time.time()  # every query looks at this moment, however late it runs
+            window = f"{math.ceil(prometheus.at - opened) + 1}s"
+            yield Scene(prometheus, server, window, failed, sent)
+
+
+def _dashboard(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((DASHBOARDS / name).read_text())
+    return loaded
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
+def _expand(expr: str, window: str, route: str = SEND_MAIL) -> str:
+    """What Grafana sends with every variable at "All" and the repeated panel at one route."""
+    expr = expr.replace('route="$route"', f'route="{route}"')
+    for variable in ("$job", "$instance", "$route", "$task"):
+        expr = expr.replace(variable, ".*")
+    return expr.replace("$__rate_interval", window).replace("$__range", window)
+
+
+def _value(result: list[dict[str, Any]], **labels: str) -> float:
+    (sample,) = [r for r in result if labels.items() <= r["metric"].items()]
+    return float(sample["value"][1])
+
+
+def _targets(name: str) -> dict[str, str]:
+    """Every query of a dashboard, by panel title and legend."""
+    return {
+        f"{panel['title']} / {target['legendFormat']}": target["expr"]
+        for panel in _panels(_dashboard(name))
+        for target in panel["targets"]
+    }
+
+
+@pytest.mark.parametrize("name", ["background-tasks.json", "service.json"])
+def test_every_panel_query_returns_data(scene: Scene, name: str) -> None:
+    for title, expr in _targets(name).items():
+        assert scene.prometheus.query(_expand(expr, scene.window)), f"no data for {title}: {expr}"
+
+
+@pytest.mark.parametrize("name", ["background-tasks.json", "service.json"])
+def test_every_variable_has_values(scene: Scene, name: str) -> None:
+    for variable in _dashboard(name)["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"])
+        assert match is not None, variable["definition"]
+        values = scene.prometheus.label_values(match.group(2), _expand(match.group(1), scene.window))
+        assert values, variable["name"]
+        if variable["name"] == "route":
+            assert SEND_MAIL in values
+
+
+def test_every_alert_parses_and_its_signal_has_data(scene: Scene) -> None:
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"][0]["rules"]
+    firing = set()
+    for rule in rules:
+        signal_expr = re.fullmatch(r"\s*\((.*)\)\s*(?:>|<|==|!=|>=|<=)\s*[\d.]+\s*", rule["expr"], re.DOTALL)
+        assert signal_expr is not None, f"{rule['alert']}: expr must be (signal) <comparison> threshold"
+        assert scene.prometheus.query(signal_expr.group(1)), f"no data for the signal of {rule['alert']}"
+        if scene.prometheus.query(rule["expr"]):
+            firing.add(rule["alert"])
+    # The traffic failed tasks, dropped one, and kept responses fast.
+    assert firing == {"BackgroundTaskFailureRatioHigh", "BackgroundTasksDropped"}
+
+
+def test_the_gap_panel_shows_fast_responses_and_slow_tasks(scene: Scene) -> None:
+    queries = _targets("background-tasks.json")
+    title = "Response vs task time: $route"
+
+    def one(legend: str) -> float:
+        (sample,) = scene.prometheus.query(_expand(queries[f"{title} / {legend}"], scene.window))
+        return float(sample["value"][1])
+
+    assert one("response p95") < 0.1
+    assert one("task p95") >= EMAIL_SEND_SECONDS
+    assert one("task p50") >= EMAIL_SEND_SECONDS
+    ratio = scene.prometheus.query(_expand(queries["Gap: task p95 ÷ response p95 / {{route}}"], scene.window))
+    assert _value(ratio, route=SEND_MAIL) >= 10
+
+
+def test_the_failure_ratio_is_failures_over_tasks_sent(scene: Scene) -> None:
+    expr = _targets("background-tasks.json")["Failure ratio / {{task}}"]
+    result = scene.prometheus.query(_expand(expr, scene.window))
+    assert _value(result, task="import_rows") == pytest.approx(scene.imports_failed / scene.imports_sent, abs=1e-9)
+    assert _value(result, task="charge_card") == pytest.approx(1.0)
+    assert scene.imports_failed / scene.imports_sent == pytest.approx(1 / 3)
+
+
+def test_the_books_panels_show_the_drop_the_rejections_and_the_workers(scene: Scene) -> None:
+    prometheus = scene.prometheus
+    assert _value(prometheus.query("sum(background_tasks_dropped_total)")) == 1
+    assert _value(prometheus.query("sum(background_tasks_rejected_total)")) > 0
+    service = _targets("service.json")
+    assert _value(prometheus.query(_expand(service["Workers / {{instance}}"], scene.window))) == 2
+    assert _value(prometheus.query(_expand(service["Target up / {{instance}}"], scene.window))) == 1
