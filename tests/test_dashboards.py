@@ -88,7 +88,6 @@ def _ready(prometheus: Prometheus) -> bool:
 @dataclass
 class Scene:
     prometheus: Prometheus
-    server: Gunicorn
     window: str  # covers the measured traffic, and nothing else that changed a counter
     imports_failed: int
     imports_sent: int
@@ -167,7 +166,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             time.sleep(3)  # a few scrapes of the final counters
             prometheus.at = time.time()  # every query looks at this moment, however late it runs
             window = f"{math.ceil(prometheus.at - opened) + 1}s"
-            yield Scene(prometheus, server, window, failed, sent)
+            yield Scene(prometheus, window, failed, sent)
 
 
 def _dashboard(name: str) -> dict[str, Any]:

@@ -52,7 +52,8 @@ def _healthy(url: str) -> bool:
 
 
 def _app_logs() -> list[dict[str, object]]:
-    output = _docker("logs", CONTAINER).stderr + _docker("logs", CONTAINER).stdout
+    logs = _docker("logs", CONTAINER)
+    output = logs.stderr + logs.stdout
     return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
