@@ -187,10 +187,11 @@ def background_tasks() -> Any:
             "Failure ratio",
             {
                 "{{task}}": f"sum by (task) (rate(background_task_failures_total{{{tasks}}}[{RATE}]))"
-                f" / sum by (task) (rate(background_task_duration_seconds_count{{{tasks}}}[{RATE}]))"
+                " / sum by (task) (rate(background_task_duration_seconds_count"
+                f'{{{tasks}, outcome=~"success|failure"}}[{RATE}]))'
             },
             "percentunit",
-            "Failed tasks ÷ finished tasks.",
+            "Failed tasks ÷ finished tasks (success or failure; cancelled ones did not finish).",
             links=[failed_traces, _sentry_link()],
         ),
         _panel(

@@ -251,7 +251,11 @@ class Gunicorn:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n{self.stderr()}")
-        return self.stderr().count("Application startup complete.") >= self.workers
+        return self.started_workers() >= self.workers
+
+    def started_workers(self) -> int:
+        """Workers that finished startup since gunicorn started, replacements included."""
+        return self.stderr().count("Application startup complete.")
 
     def stop(self) -> None:
         for client in [self._scraper, *self._all_thread_clients]:

@@ -83,7 +83,7 @@ def test_the_endpoints_answer_and_metrics_count_them(service: str) -> None:
             ),
         ]
         for path, kwargs, body in calls:
-            response = client.post(path, **kwargs)  # type: ignore[arg-type]
+            response = client.post(path, **kwargs)
             assert (response.status_code, response.json()) == (200, body)
         assert client.get("/readyz").status_code == 200
 

@@ -34,10 +34,6 @@ def _scrape_seconds(server: Gunicorn, scrapes: int = 40) -> float:
     return statistics.median(timings)
 
 
-def _started_workers(server: Gunicorn) -> int:
-    return server.stderr().count("Application startup complete.")
-
-
 def test_scrapes_after_500_recycled_workers_are_fast_and_exact(tmp_path: Path) -> None:
     # --preload only makes each of the 500 worker boots cheap; merging does not depend on it.
     env = {"API_TOKEN": TOKEN, "EMAIL_SEND_SECONDS": "0"}
@@ -52,7 +48,7 @@ def test_scrapes_after_500_recycled_workers_are_fast_and_exact(tmp_path: Path) -
                 os.kill(pid, signal.SIGTERM)  # what a HUP or max_requests does to each worker
             recycled_workers += len(workers)
             wait_for(
-                lambda: _started_workers(server) == WORKERS + recycled_workers,  # noqa: B023
+                lambda: server.started_workers() == WORKERS + recycled_workers,  # noqa: B023
                 what="the replacements",
             )
         sent = _traffic(server, sent, 4 * WORKERS)  # the live workers' files as in the fresh state

@@ -40,7 +40,7 @@ class Backlog:
         A route is known to schedule tasks once it has handed one over in this worker; a
         backlog can only be full of such routes, so a route that never did is never shed.
         """
-        return len(self._open) >= self._limit and route in self._task_routes
+        return self.depth >= self._limit and route in self._task_routes
 
     def open(self, tasks: list[str], route: str) -> list[Entry]:
         with self._lock:
