@@ -12,7 +12,7 @@ BASE_IMAGE ?= $$($(CONTAINER_TOOLS)/base-image)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint pins image-test prometheus demo
+.PHONY: run test lint pins image-test prometheus demo bench
 
 $(BIN)/gunicorn: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ prometheus:
 # docker compose -f deploy/compose.yaml up --build (DEMO_URL, DEMO_SECONDS, API_TOKEN).
 demo:
 	$(PYTHON) deploy/demo.py
+
+# What observability costs, as ratios to bare FastAPI in one run (about 6 minutes): rewrites
+# bench/results.json and bench/RESULTS.md. BENCH_ROUNDS and BENCH_SECONDS shorten it.
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench.run
 
 image-test: $(VENV)/.dev
 	DOCKER=$(DOCKER) BASE_IMAGE=$(BASE_IMAGE) $(BIN)/pytest -m container

@@ -6,8 +6,7 @@ from contextlib import asynccontextmanager
 from anyio import CapacityLimiter
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.trace import NoOpTracer
 
 from app.observability.backlog import Backlog
 from app.observability.context import Telemetry
@@ -20,18 +19,15 @@ from app.observability.tracing import make_tracer_provider, start_export
 from app.routes import tutorial_router
 from app.settings import Settings
 
-# Probes and scrapes would bury real traces: no spans for them (they still count in metrics).
-_UNTRACED_URLS = "/metrics$,/healthz$,/readyz$"
-
 
 def create_app(settings: Settings) -> FastAPI:
     logger = configure_logging(settings.log_level)
-    tracer_provider = make_tracer_provider(settings)
+    tracer_provider = None if settings.otel_sdk_disabled else make_tracer_provider(settings)
     metrics = Metrics()
     backlog = Backlog(metrics, logger, settings.max_pending_tasks, settings.retry_after_seconds)
     telemetry = Telemetry(
         metrics=metrics,
-        tracer=tracer_provider.get_tracer("app.background_tasks"),
+        tracer=NoOpTracer() if tracer_provider is None else tracer_provider.get_tracer("app"),
         logger=logger,
         task_limiter=CapacityLimiter(settings.task_threads),
         backlog=backlog,
@@ -39,7 +35,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        start_export(tracer_provider, settings)
+        if tracer_provider is not None:
+            start_export(tracer_provider, settings)
         start_sentry(settings)
         if settings.api_token is None:
             logger.warning("API_TOKEN is not set: /notify/ answers 401 to every caller")
@@ -52,10 +49,11 @@ def create_app(settings: Settings) -> FastAPI:
             # The server has waited for (or given up on) every task: whatever is left is lost.
             backlog.draining = True
             backlog.drop_all()
-            tracer_provider.shutdown()  # flushes the spans still queued
+            if tracer_provider is not None:
+                tracer_provider.shutdown()  # flushes the spans still queued
             stop_sentry()
 
-    # FastAPI's own telemetry is off: opentelemetry-instrumentation-fastapi below makes the spans.
+    # FastAPI's own telemetry is off: RequestTelemetryMiddleware makes the server spans.
     app = FastAPI(
         title="Observable background tasks",
         lifespan=lifespan,
@@ -80,14 +78,6 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
 
     app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry)
-    # Its http.server.duration metric would include task time, so it gets a no-op meter.
-    FastAPIInstrumentor.instrument_app(
-        app,
-        tracer_provider=tracer_provider,
-        meter_provider=NoOpMeterProvider(),
-        excluded_urls=_UNTRACED_URLS,
-        exclude_spans=["receive", "send"],
-    )
     install_task_wrapper()
     return app
 

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     sentry_environment: str = "production"
     sentry_release: str | None = None
 
+    otel_sdk_disabled: bool = Field(default=False, description="No spans at all: no trace ids, no export.")
     otel_service_name: str = "fastapi-background-tasks"
     otel_exporter_otlp_endpoint: AnyHttpUrl | None = None
     otel_traces_sampler: TracesSampler = "parentbased_always_on"

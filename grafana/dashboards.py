@@ -115,6 +115,16 @@ def _sentry_link() -> dict[str, Any]:
     }
 
 
+# The books of every instance: each task handed over is finished, dropped or still pending,
+# unless its worker died without settling it. deploy/prometheus/alerts.yml records the same sum.
+LOST = (
+    "sum by (instance) (background_tasks_scheduled_total{{{selector}}})"
+    " - sum by (instance) (background_task_duration_seconds_count{{{selector}, outcome=~\"success|failure\"}})"
+    " - sum by (instance) (background_tasks_dropped_total{{{selector}}})"
+    " - sum by (instance) (background_tasks_pending{{{selector}}})"
+)
+
+
 def background_tasks() -> Any:
     variables = [
         _variable("job", "label_values(background_tasks_scheduled_total, job)"),
@@ -230,6 +240,13 @@ def background_tasks() -> Any:
             },
             "short",
             'Tasks that never ran or never finished: reason="shutdown" is the drain deadline.',
+        ),
+        _panel(
+            "Lost (scheduled - finished - dropped - pending)",
+            {"{{instance}}": LOST.format(selector=TARGET)},
+            "short",
+            "Tasks that vanished without being counted as finished or dropped: a worker was killed "
+            "(SIGKILL, out of memory) while they waited or ran. Stays until the instance restarts.",
         ),
         _panel(
             "Rejected (503, backlog full)",

@@ -8,6 +8,7 @@ import ctypes
 import gzip
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -31,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.observability.multiprocess import exposition
 
 ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 TOKEN = "tok-" + "x" * 12 + "-e2e-secret"  # a valid API_TOKEN that no placeholder check refuses
 
 
@@ -185,6 +188,75 @@ class OtlpReceiver:
 def _any_value(value: Any) -> Any:
     kind = value.WhichOneof("value")
     return getattr(value, kind) if kind else None
+
+
+# --- prometheus ------------------------------------------------------------------------------
+
+
+@dataclass
+class Prometheus:
+    url: str
+    at: float | None = None  # evaluation time; None: now
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"query": expr} if self.at is None else {"query": expr, "time": self.at}
+        response = httpx.get(self.url + "/api/v1/query", params=params, timeout=30)
+        body = response.json()
+        assert body["status"] == "success", (expr, body)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        response = httpx.get(self.url + f"/api/v1/label/{label}/values", params={"match[]": match}, timeout=30)
+        values: list[str] = response.json()["data"]
+        return values
+
+
+def start_prometheus(workdir: Path, target: str) -> Iterator[Prometheus]:
+    """Debian's prometheus with the repo's config and rules, scraping `target` every second."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(PROMETHEUS_DIR / "alerts.yml")]
+    config.pop("alerting")  # no Alertmanager here
+    config["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    binary = shutil.which("prometheus")
+    assert binary is not None, "make test installs Debian's prometheus"
+    with (workdir / "prometheus.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=log,
+            preexec_fn=die_with_parent,  # noqa: PLW1509
+        )
+    prometheus = Prometheus(f"http://127.0.0.1:{port}")
+    try:
+        wait_for(lambda: _prometheus_ready(prometheus), what="prometheus to be ready")
+        yield prometheus
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def _ready(prometheus: Prometheus) -> bool:
+    try:
+        return httpx.get(prometheus.url + "/-/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _prometheus_ready(prometheus: Prometheus) -> bool:
+    try:
+        return httpx.get(prometheus.url + "/-/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 # --- gunicorn -------------------------------------------------------------------------------

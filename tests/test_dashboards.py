@@ -4,86 +4,22 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
-from tests.support import ROOT, TOKEN, Gunicorn, die_with_parent, free_port, started, wait_for
+from tests.support import PROMETHEUS_DIR, ROOT, TOKEN, Gunicorn, Prometheus, start_prometheus, started, wait_for
 
 DASHBOARDS = ROOT / "grafana" / "dashboards"
-PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 EMAIL_SEND_SECONDS = 1.0
 SEND_MAIL = "/send-mail/"
 IMPORT_COUNTS = [-1 if i % 3 == 0 else 5 for i in range(12)]  # 4 of 12 imports fail
-
-
-@dataclass
-class Prometheus:
-    url: str
-    at: float | None = None  # evaluation time; None: now
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"query": expr} if self.at is None else {"query": expr, "time": self.at}
-        response = httpx.get(self.url + "/api/v1/query", params=params, timeout=30)
-        body = response.json()
-        assert body["status"] == "success", (expr, body)
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def label_values(self, label: str, match: str) -> list[str]:
-        response = httpx.get(self.url + f"/api/v1/label/{label}/values", params={"match[]": match}, timeout=30)
-        values: list[str] = response.json()["data"]
-        return values
-
-
-def _start_prometheus(workdir: Path, target: str) -> Iterator[Prometheus]:
-    """Debian's prometheus with the repo's config and rules, scraping `target` every second."""
-    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(PROMETHEUS_DIR / "alerts.yml")]
-    config.pop("alerting")  # no Alertmanager here
-    config["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
-    config_file = workdir / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config))
-    port = free_port()
-    binary = shutil.which("prometheus")
-    assert binary is not None, "make test installs Debian's prometheus"
-    with (workdir / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=log,
-            preexec_fn=die_with_parent,  # noqa: PLW1509
-        )
-    prometheus = Prometheus(f"http://127.0.0.1:{port}")
-    try:
-        wait_for(lambda: _ready(prometheus), what="prometheus to be ready")
-        yield prometheus
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-
-
-def _ready(prometheus: Prometheus) -> bool:
-    try:
-        return httpx.get(prometheus.url + "/-/ready", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @dataclass
@@ -159,7 +95,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         "DRAIN_SECONDS": "1",
     }
     for server in started(Gunicorn(workdir / "app", env=env, app="tests.user_app:create()")):
-        for prometheus in _start_prometheus(workdir, f"127.0.0.1:{server.port}"):
+        for prometheus in start_prometheus(workdir, f"127.0.0.1:{server.port}"):
             _warm_up(server)
             time.sleep(3)  # a few scrapes of the warmed-up counters before the window opens
             opened = time.time()
@@ -222,9 +158,12 @@ def test_every_variable_has_values(scene: Scene, name: str) -> None:
 
 
 def test_every_alert_parses_and_its_signal_has_data(scene: Scene) -> None:
-    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"][0]["rules"]
+    groups = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+    records = [rule for group in groups for rule in group["rules"] if "record" in rule]
+    for record in records:
+        assert scene.prometheus.query(record["record"]), f"no data recorded for {record['record']}"
     firing = set()
-    for rule in rules:
+    for rule in [rule for group in groups for rule in group["rules"] if "alert" in rule]:
         signal_expr = re.fullmatch(r"\s*\((.*)\)\s*(?:>|<|==|!=|>=|<=)\s*[\d.]+\s*", rule["expr"], re.DOTALL)
         assert signal_expr is not None, f"{rule['alert']}: expr must be (signal) <comparison> threshold"
         assert scene.prometheus.query(signal_expr.group(1)), f"no data for the signal of {rule['alert']}"
@@ -261,6 +200,8 @@ def test_the_books_panels_show_the_drop_the_rejections_and_the_workers(scene: Sc
     prometheus = scene.prometheus
     assert _value(prometheus.query("sum(background_tasks_dropped_total)")) == 1
     assert _value(prometheus.query("sum(background_tasks_rejected_total)")) > 0
+    lost = _targets("background-tasks.json")["Lost (scheduled - finished - dropped - pending) / {{instance}}"]
+    assert _value(prometheus.query(_expand(lost, scene.window))) == 0  # every task is accounted for
     service = _targets("service.json")
     assert _value(prometheus.query(_expand(service["Workers / {{instance}}"], scene.window))) == 2
     assert _value(prometheus.query(_expand(service["Target up / {{instance}}"], scene.window))) == 1

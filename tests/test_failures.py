@@ -107,6 +107,8 @@ def test_endpoint_exception_is_a_500_reported_to_sentry(stack: Stack) -> None:
     (server_span,) = wait_for(lambda: stack.otlp.trace(event["contexts"]["trace"]["trace_id"]), what="its trace")
     assert server_span.name == "POST /checkout/"
     assert server_span.status_code == ERROR
+    assert server_span.attributes["http.response.status_code"] == 500
+    assert "exception" in server_span.event_names
     assert event["exception"]["values"][0]["mechanism"] == {"type": "asgi", "handled": False}
     assert b"checkout.person@example.org" not in stack.sentry.everything()
     metrics = stack.server.metrics()

@@ -101,3 +101,38 @@ def test_a_cancelled_batch_counts_its_unfinished_tasks_as_dropped(tmp_path: Path
     assert metrics.get_value("background_task_duration_seconds_count") == 1
     assert metrics.get_value("background_tasks_pending") == 0
     assert app.state.backlog.depth == 0
+
+
+def test_with_the_sdk_disabled_tasks_still_run_and_nothing_is_traced(tmp_path: Path) -> None:
+    app = create_app(Settings(otel_sdk_disabled=True, log_file=tmp_path / "tasks.log"))
+    sent: list[Message] = []
+
+    async def run() -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/log/",
+            "raw_path": b"/log/",
+            "query_string": b"msg=untraced",
+            "root_path": "",
+            "headers": [],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "state": {},
+        }
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+    anyio.run(run)
+    assert sent[0]["status"] == 200
+    assert b"traceparent" not in dict(sent[0]["headers"])
+    assert (tmp_path / "tasks.log").read_text() == "untraced\n"

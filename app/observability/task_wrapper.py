@@ -3,9 +3,7 @@
 Starlette runs a response's background through ``BackgroundTask.__call__``, and a batch
 through ``BackgroundTasks.__call__`` (FastAPI subclasses it with its own ``__call__``).
 Every route's tasks pass there: a ``BackgroundTasks`` parameter, ``Response(background=…)``
-and routes added later, so that is where the wrapper is installed. It replaces the
-``BackgroundTask <func>`` span that opentelemetry-instrumentation-fastapi patches into the
-same method, so each task gets exactly one span.
+and routes added later, so that is where the wrapper is installed.
 
 For each task it records the start delay, the run time by outcome, failures by exception
 class, one span in the request's trace, one Sentry event per failure and one log line.
@@ -42,7 +40,8 @@ def task_name(func: Callable[..., Any]) -> str:
 
 
 def install_task_wrapper() -> None:
-    """Idempotent; must run after FastAPIInstrumentor.instrument_app, whose patch it replaces."""
+    """Idempotent. Another instrumentation patching the same methods (opentelemetry-instrumentation-
+    fastapi does) must run before it, or each task would get two spans."""
     for cls in _PATCHED:
         cls.__call__ = _observed_call  # type: ignore[method-assign]
 

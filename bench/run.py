@@ -1,0 +1,495 @@
+"""make bench: what observability costs, as ratios to bare FastAPI measured in one run.
+
+Every server is real gunicorn with uvicorn workers (deploy/gunicorn.conf.py); the load comes
+from bench/loadgen.py in a process of its own, and every percentile is of latencies a client
+really saw. Variants are measured in alternation (A/B/C, A/B/C, ...) and compared round by
+round, because this machine is shared and noisy. A run in which one worker did most of the
+work (it accepted most of the keep-alive connections) measures the kernel, not the app, and
+is run again.
+"""
+
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+# The wrapper benchmark's metrics must be multiprocess ones, as in a worker: prometheus_client
+# picks its storage when first imported.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench-metrics-"))
+
+from anyio import CapacityLimiter
+from opentelemetry.trace import NoOpTracer
+from starlette.background import BackgroundTask
+
+from app.observability.backlog import Backlog
+from app.observability.context import RequestRecord, Telemetry
+from app.observability.errors import start_sentry
+from app.observability.logging import configure_logging
+from app.observability.metrics import Metrics
+from app.observability.task_wrapper import _run_batch
+from app.observability.tracing import make_tracer_provider, start_export
+from app.settings import Settings
+from bench import loadgen
+from tests.support import TOKEN, Gunicorn, OtlpReceiver, SentryIngest, wait_for
+
+OUT = Path(__file__).resolve().parent
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "6"))
+CONNECTIONS = 32
+MAX_WORKER_SHARE = 0.7  # of the workers' CPU in a run; above it, the run is repeated
+TARGETS = {
+    "full_vs_bare": (">=", 0.80),
+    "metrics_only_vs_bare": (">=", 0.95),
+    "wrapper_us_per_task": ("<=", 25.0),
+    "scrape_ratio_500_vs_0": ("<=", 1.5),
+    "sync_p99_ratio_200_pending": ("<=", 2.0),
+    "tasks_completed_per_response_at_saturation": (">=", 0.99),  # or the excess shed with 503s
+}
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _load(
+    pool: ProcessPoolExecutor,
+    server: Gunicorn,
+    target: str,
+    seconds: float,
+    *,
+    method: str = "POST",
+    connections: int = CONNECTIONS,
+) -> loadgen.Result:
+    return pool.submit(
+        loadgen.run, "127.0.0.1", server.port, method, target, connections=connections, seconds=seconds
+    ).result()
+
+
+@dataclass
+class Run:
+    responses_per_s: float
+    tasks_per_s: float
+    cpu_us_per_response: float
+    worker_share: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _throughput_run(pool: ProcessPoolExecutor, server: Gunicorn) -> Run:
+    workers = sorted(server.worker_pids())
+    for _ in range(5):
+        lines_before = len(server.log_file_lines())
+        cpu_before = [_cpu_seconds(pid) for pid in workers]
+        result = _load(pool, server, "/log/?msg=bench", SECONDS)
+        cpu = [_cpu_seconds(pid) - before for pid, before in zip(workers, cpu_before, strict=True)]
+        tasks = len(server.log_file_lines()) - lines_before  # finished within the window
+        ok = result.statuses[200]
+        wait_for(lambda n=lines_before + ok: len(server.log_file_lines()) == n, timeout=60, what="the run's tasks")
+        share = max(cpu) / sum(cpu)
+        if share <= MAX_WORKER_SHARE:
+            return Run(
+                responses_per_s=ok / result.seconds,
+                tasks_per_s=tasks / result.seconds,
+                cpu_us_per_response=sum(cpu) / result.responses * 1e6,
+                worker_share=share,
+                p50_ms=result.percentile(0.50) * 1e3,
+                p99_ms=result.percentile(0.99) * 1e3,
+            )
+        print(f"  one worker took {share:.0%} of the CPU: run again", flush=True)
+    raise SystemExit("every run was lopsided: the kernel gave one worker the connections")
+
+
+def throughput(pool: ProcessPoolExecutor, work: Path) -> dict[str, Any]:
+    sentry, otlp, otlp_sampled = SentryIngest(), OtlpReceiver(), OtlpReceiver()
+    everything = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "SENTRY_DSN": sentry.dsn, "API_TOKEN": TOKEN}
+    servers = {
+        "bare": Gunicorn(work / "bare", env={}, app="bench.bare_app:create()"),
+        "metrics_only": Gunicorn(work / "metrics", env={"OTEL_SDK_DISABLED": "true"}),
+        "full": Gunicorn(work / "full", env=everything),
+        # What a busy service would run: one trace in ten, decided at the edge (parent-based).
+        "full_sampled_10pct": Gunicorn(
+            work / "sampled",
+            env={
+                **everything,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_sampled.endpoint,
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            },
+        ),
+    }
+    runs: dict[str, list[Run]] = {name: [] for name in servers}
+    try:
+        for server in servers.values():
+            server.start()
+            _load(pool, server, "/log/?msg=warm-up", 1.0)
+        for round_ in range(ROUNDS):
+            for name, server in servers.items():
+                runs[name].append(run := _throughput_run(pool, server))
+                print(f"  round {round_ + 1} {name}: {run}", flush=True)
+        # A span per request (503s included) and one per task.
+        full = servers["full"].metrics()
+        expected_spans = full.get_value("http_server_request_duration_seconds_count", route="/log/") + full.get_value(
+            "background_tasks_scheduled_total"
+        )
+        wait_for(lambda: len(otlp.spans) >= expected_spans, timeout=30, what="the full variant's spans")
+        time.sleep(1)  # a span too many would arrive in the next export
+        spans = len(otlp.spans)
+    finally:
+        for server in servers.values():
+            server.stop()
+        for receiver in (sentry, otlp, otlp_sampled):
+            receiver.server.stop()
+
+    def ratios(name: str, field: str) -> list[float]:
+        return [getattr(a, field) / getattr(b, field) for a, b in zip(runs[name], runs["bare"], strict=True)]
+
+    table = {
+        name: {
+            "responses_per_s": statistics.median(r.responses_per_s for r in rs),
+            "tasks_completed_per_s": statistics.median(r.tasks_per_s for r in rs),
+            "server_cpu_us_per_response": statistics.median(r.cpu_us_per_response for r in rs),
+            "p50_ms": statistics.median(r.p50_ms for r in rs),
+            "p99_ms": statistics.median(r.p99_ms for r in rs),
+            "throughput_vs_bare": statistics.median(ratios(name, "responses_per_s")),
+            "cpu_per_response_vs_bare": statistics.median(ratios(name, "cpu_us_per_response")),
+        }
+        for name, rs in runs.items()
+    }
+    return {
+        "variants": table,
+        "full_spans_exported": spans,
+        "full_spans_expected": int(expected_spans),
+        "rounds": ROUNDS,
+        "seconds_per_run": SECONDS,
+        "connections": CONNECTIONS,
+    }
+
+
+async def _noop() -> None:
+    pass
+
+
+def wrapper_cost(otlp_endpoint: str, sentry_dsn: str, tasks: int = 5_000, repeats: int = 5) -> dict[str, Any]:
+    """In one process: a no-op async task awaited as Starlette would, then through the wrapper.
+
+    The wrapper's own cost is the CPU of the thread that runs it: what a worker's event loop
+    pays. The CPU of all threads adds the exporter's thread, flushed after every 1,000 tasks so
+    that its queue (2,048 spans) never drops one. Three setups show what each part costs.
+    """
+    sdk = make_tracer_provider(Settings(otel_exporter_otlp_endpoint=otlp_endpoint))
+    start_export(sdk, Settings(otel_exporter_otlp_endpoint=otlp_endpoint))
+    start_sentry(Settings(sentry_dsn=sentry_dsn))
+    logger = configure_logging("INFO")
+    logger.handlers[0].setStream(open(os.devnull, "w"))  # type: ignore[attr-defined]  # noqa: SIM115
+    metrics = Metrics()
+    setups = {
+        "metrics": (NoOpTracer(), logging.WARNING),
+        "metrics_and_log_line": (NoOpTracer(), logging.INFO),
+        "everything": (sdk.get_tracer("bench"), logging.INFO),
+    }
+    task = BackgroundTask(_noop)
+
+    async def bare() -> None:
+        for _ in range(tasks):
+            await task.func(*task.args, **task.kwargs)
+
+    def measure(run: Callable[[], Awaitable[None]]) -> tuple[float, float]:
+        thread, process = time.thread_time(), time.process_time()
+        asyncio.run(run())  # type: ignore[arg-type]
+        return (time.thread_time() - thread) / tasks * 1e6, (time.process_time() - process) / tasks * 1e6
+
+    results: dict[str, Any] = {}
+    for name, (tracer, level) in setups.items():
+        logger.setLevel(level)
+        backlog = Backlog(metrics, logger, limit=10**9, retry_after_seconds=1)
+        telemetry = Telemetry(metrics, tracer, logger, CapacityLimiter(1), backlog)
+        record = RequestRecord(telemetry, "/bench/", response_sent=time.perf_counter())
+
+        async def wrapped(record: RequestRecord = record) -> None:
+            for i in range(tasks):
+                await _run_batch(record, [task])
+                if i % 1000 == 999:
+                    sdk.force_flush()
+            sdk.force_flush()
+
+        samples = [(measure(bare), measure(wrapped)) for _ in range(repeats)]
+        results[name] = {
+            "us_per_task": statistics.median(w[0] - b[0] for b, w in samples),
+            "us_per_task_all_threads": statistics.median(w[1] - b[1] for b, w in samples),
+        }
+    sdk.shutdown()
+    return results
+
+
+def _scrape_ms(server: Gunicorn, scrapes: int = 60) -> float:
+    timings = []
+    with server.client() as client:
+        for _ in range(scrapes):
+            began = time.perf_counter()
+            assert client.get("/metrics").status_code == 200
+            timings.append(time.perf_counter() - began)
+    return statistics.median(timings) * 1e3
+
+
+def scrapes(work: Path, workers: int = 8) -> dict[str, float]:
+    """/metrics after 0, 100 and 500 recycled workers, each of which left metric files behind."""
+    env = {"API_TOKEN": TOKEN, "EMAIL_SEND_SECONDS": "0"}
+    server = Gunicorn(work / "scrape", env=env, workers=workers, options=("--preload",)).start()
+    timings, recycled, sent = {}, 0, 0
+    try:
+        with server.connection_per_request_client() as client:
+            for checkpoint in (0, 100, 500):
+                while recycled < checkpoint:
+                    for i in range(2 * workers):  # so each worker about to go has files to leave
+                        assert client.post("/send-message/", params={"message": f"m{sent + i}"}).status_code == 200
+                    sent += 2 * workers
+                    pids = server.worker_pids()
+                    for pid in pids:
+                        os.kill(pid, signal.SIGTERM)  # what a HUP or max_requests does to each worker
+                    recycled += len(pids)
+                    wait_for(lambda: server.started_workers() == workers + recycled, what="the replacements")  # noqa: B023
+                for i in range(4 * workers):  # the live workers' files, as in the fresh state
+                    client.post("/send-message/", params={"message": f"m{sent + i}"})
+                sent += 4 * workers
+                wait_for(lambda: len(server.log_file_lines()) == sent, what="the tasks")  # noqa: B023
+                timings[f"scrape_ms_after_{checkpoint}"] = _scrape_ms(server)
+                print(
+                    f"  scrape after {recycled} recycled workers: {timings[f'scrape_ms_after_{checkpoint}']:.2f} ms",
+                    flush=True,
+                )
+            counted = server.metrics().get_value("background_tasks_scheduled_total")
+    finally:
+        server.stop()
+    assert counted == sent, (counted, sent)  # nothing lost to the merges
+    return {**timings, "recycled_workers": recycled, "tasks_counted_exactly": sent}
+
+
+def sync_endpoint(pool: ProcessPoolExecutor, work: Path, pending: int = 200) -> dict[str, float]:
+    """A sync endpoint's p99, one client in a loop, idle and with 200 email tasks pending."""
+    env = {"EMAIL_SEND_SECONDS": "60", "DRAIN_SECONDS": "0"}
+    server = Gunicorn(work / "sync", env=env, app="tests.user_app:create()").start()
+    try:
+        _load(pool, server, "/inventory/", 1.0, method="GET", connections=1)
+        idle = _load(pool, server, "/inventory/", SECONDS, method="GET", connections=1)
+        with server.connection_per_request_client() as client:
+            for i in range(pending):
+                assert client.post("/send-mail/", params={"email": f"s{i}@example.com"}).status_code == 200
+        server.wait_for_metrics(lambda m: m.get_value("background_tasks_pending") == pending, "the tasks pending")
+        loaded = _load(pool, server, "/inventory/", SECONDS, method="GET", connections=1)
+        still = server.metrics().get_value("background_tasks_pending")
+    finally:
+        server.stop()
+    assert still == pending
+    return {
+        "idle_p99_ms": idle.percentile(0.99) * 1e3,
+        "pending_p99_ms": loaded.percentile(0.99) * 1e3,
+        "sync_p99_ratio_200_pending": loaded.percentile(0.99) / idle.percentile(0.99),
+        "samples": min(idle.responses, loaded.responses),
+    }
+
+
+def send_mail_under_load(pool: ProcessPoolExecutor, work: Path) -> dict[str, Any]:
+    """Saturation: 5 s emails at far more than the task threads can send; the excess must be shed."""
+    limit = 1000
+    env = {"EMAIL_SEND_SECONDS": "5", "DRAIN_SECONDS": "0", "MAX_PENDING_TASKS": str(limit)}
+    server = Gunicorn(work / "mail", env=env).start()
+    try:
+        result = _load(pool, server, "/send-mail/?email=load%40example.com", 2 * SECONDS)
+        metrics = server.wait_for_metrics(
+            lambda m: m.get_value("background_tasks_scheduled_total") == result.statuses[200], "every task handed over"
+        )
+    finally:
+        server.stop()
+    pending = metrics.get_value("background_tasks_pending")
+    scheduled = metrics.get_value("background_tasks_scheduled_total")
+    assert scheduled == result.statuses[200], (scheduled, dict(result.statuses))
+    return {
+        "p50_ms": result.percentile(0.50) * 1e3,
+        "p99_ms": result.percentile(0.99) * 1e3,
+        "p99_ms_503": result.percentile(0.99, 503) * 1e3 if result.statuses[503] else None,
+        "responses": dict(result.statuses),
+        "pending_at_end": pending,
+        "pending_limit": limit * server.workers,
+        "shed_with_503": result.statuses[503] > 0 and pending <= limit * server.workers,
+    }
+
+
+def _verdict(key: str, value: float) -> bool:
+    op, target = TARGETS[key]
+    return value >= target if op == ">=" else value <= target
+
+
+def _verdicts(figures: dict[str, float], shed_with_503: bool) -> dict[str, dict[str, Any]]:
+    verdicts = {
+        key: {"target": f"{op} {target}", "met": _verdict(key, figures[key])} for key, (op, target) in TARGETS.items()
+    }
+    saturation = verdicts["tasks_completed_per_response_at_saturation"]
+    saturation["target"] += ", or the excess shed with 503s"
+    saturation["met"] = saturation["met"] or shed_with_503
+    return verdicts
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    sentry, otlp = SentryIngest(), OtlpReceiver()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        print("throughput, POST /log/ …", flush=True)
+        load = throughput(pool, work)
+        if sys.argv[1:] == ["throughput"]:  # a quicker look while changing the template
+            print(json.dumps(load, indent=2))
+            return
+        print("wrapper …", flush=True)
+        wrapper = pool.submit(wrapper_cost, otlp.endpoint, sentry.dsn).result()
+        print("sync endpoint …", flush=True)
+        sync = sync_endpoint(pool, work)
+        print("send-mail under load …", flush=True)
+        mail = send_mail_under_load(pool, work)
+    print("scrapes after recycling …", flush=True)
+    scrape = scrapes(work)
+    sentry.server.stop()
+    otlp.server.stop()
+    full = load["variants"]["full"]
+    figures = {
+        "full_vs_bare": load["variants"]["full"]["throughput_vs_bare"],
+        "metrics_only_vs_bare": load["variants"]["metrics_only"]["throughput_vs_bare"],
+        "wrapper_us_per_task": wrapper["everything"]["us_per_task"],
+        "scrape_ratio_500_vs_0": scrape["scrape_ms_after_500"] / scrape["scrape_ms_after_0"],
+        "sync_p99_ratio_200_pending": sync["sync_p99_ratio_200_pending"],
+        "tasks_completed_per_response_at_saturation": full["tasks_completed_per_s"] / full["responses_per_s"],
+    }
+    results = {
+        **figures,
+        "targets": _verdicts(figures, shed_with_503=mail["shed_with_503"]),
+        "throughput": load,
+        "wrapper": wrapper,
+        "scrape": scrape,
+        "sync_endpoint": sync,
+        "send_mail_under_load": mail,
+        "machine": _machine(),
+    }
+    (OUT / "results.json").write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    (OUT / "RESULTS.md").write_text(render(results))
+    print(render(results))
+
+
+def _machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    packages = ("fastapi", "starlette", "uvicorn", "gunicorn", "opentelemetry-sdk", "prometheus-client", "sentry-sdk")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": {name: version(name) for name in packages},
+        "gunicorn_workers": 2,
+        "load": f"bench/loadgen.py, {CONNECTIONS} keep-alive connections, one process, same machine",
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    def row(key: str, label: str, value: str) -> str:
+        target = results["targets"][key]
+        return f"| {label} | {value} | {target['target']} | {'met' if target['met'] else '**not met**'} |"
+
+    load, m = results["throughput"], results["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` (bench/run.py). Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB,",
+        f"Linux {m['kernel']}, Python {m['python']}; gunicorn with {m['gunicorn_workers']} uvicorn workers;",
+        f"load from {m['load']}. Shared and noisy: every figure is a ratio within one run, variants",
+        f"alternated over {load['rounds']} rounds of {load['seconds_per_run']:g} s, median of the per-round ratios.",
+        "",
+        "| figure | value | target | |",
+        "|---|---|---|---|",
+        row("full_vs_bare", "everything on vs bare FastAPI, throughput", f"{results['full_vs_bare']:.2f}x"),
+        row("metrics_only_vs_bare", "metrics only vs bare, throughput", f"{results['metrics_only_vs_bare']:.2f}x"),
+        row("wrapper_us_per_task", "wrapper cost per task", f"{results['wrapper_us_per_task']:.1f} µs"),
+        row(
+            "scrape_ratio_500_vs_0",
+            "/metrics after 500 recycled workers vs fresh",
+            f"{results['scrape_ratio_500_vs_0']:.2f}x",
+        ),
+        row(
+            "sync_p99_ratio_200_pending",
+            "sync endpoint p99, 200 tasks pending vs idle",
+            f"{results['sync_p99_ratio_200_pending']:.2f}x",
+        ),
+        row(
+            "tasks_completed_per_response_at_saturation",
+            "tasks completed per response at saturation (`/log/`)",
+            f"{results['tasks_completed_per_response_at_saturation']:.3f}",
+        ),
+        "",
+        "## Throughput, POST /log/ (its task appends one line to a file)",
+        "",
+        "| variant | responses/s | tasks completed/s | vs bare | server CPU µs/response | CPU vs bare "
+        "| p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in load["variants"].items():
+        cells = [
+            f"{v['responses_per_s']:.0f}",
+            f"{v['tasks_completed_per_s']:.0f}",
+            f"{v['throughput_vs_bare']:.2f}x",
+            f"{v['server_cpu_us_per_response']:.0f}",
+            f"{v['cpu_per_response_vs_bare']:.2f}x",
+            f"{v['p50_ms']:.1f}",
+            f"{v['p99_ms']:.1f}",
+        ]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    w, sc, sy, mail = results["wrapper"], results["scrape"], results["sync_endpoint"], results["send_mail_under_load"]
+    lines += [
+        "",
+        "- **full**: the template with 100% of spans exported over OTLP to a local receiver "
+        f"({load['full_spans_exported']} of {load['full_spans_expected']} expected spans arrived), Sentry on with a "
+        "local ingest, metrics and the JSON log line of each task. **full_sampled_10pct**: the same with "
+        "`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.1`. **metrics_only**: "
+        "`OTEL_SDK_DISABLED=true`, no Sentry DSN: metrics and the log line. **bare**: `bench/bare_app.py`, the same "
+        "routes on bare FastAPI. Server CPU is the workers' user + system time over all responses.",
+        "- **Wrapper**, in one process, per no-op async task, over awaiting it bare: the CPU of the calling "
+        "thread (what a worker's event loop pays), and of all threads (the span exporter's too):",
+        *(
+            f"  - {name.replace('_', ' ')}: {cost['us_per_task']:.1f} µs; all threads "
+            f"{cost['us_per_task_all_threads']:.1f} µs"
+            for name, cost in w.items()
+        ),
+        f"- **Scrapes** (8 workers): median {sc['scrape_ms_after_0']:.2f} ms fresh, {sc['scrape_ms_after_100']:.2f} ms "
+        f"after 100 and {sc['scrape_ms_after_500']:.2f} ms after {sc['recycled_workers']} recycled workers; "
+        f"all {sc['tasks_counted_exactly']} tasks counted.",
+        f"- **Sync endpoint** `GET /inventory/`, one client in a loop: p99 {sy['idle_p99_ms']:.2f} ms idle, "
+        f"{sy['pending_p99_ms']:.2f} ms with 200 sixty-second email tasks pending ({sy['samples']}+ samples each).",
+        f"- **`/send-mail/` under load** (5 s emails, {CONNECTIONS} connections, `MAX_PENDING_TASKS=1000`): "
+        f"200s p50 {mail['p50_ms']:.1f} ms, p99 {mail['p99_ms']:.1f} ms; responses {mail['responses']}; "
+        f"{mail['pending_at_end']:.0f} pending at the end (limit {mail['pending_limit']}): "
+        f"{'the excess was shed with 503s' if mail['shed_with_503'] else 'nothing was shed'}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
