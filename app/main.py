@@ -4,10 +4,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from anyio import CapacityLimiter
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from opentelemetry.trace import NoOpTracer
 
+from app.auth import metrics_reader
 from app.observability.backlog import Backlog
 from app.observability.context import Telemetry
 from app.observability.errors import start_sentry, stop_sentry
@@ -31,6 +32,7 @@ def create_app(settings: Settings) -> FastAPI:
         logger=logger,
         task_limiter=CapacityLimiter(settings.task_threads),
         backlog=backlog,
+        include_pii=settings.telemetry_include_pii,
     )
 
     @asynccontextmanager
@@ -63,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.backlog = backlog  # the worker marks it draining when a stop signal arrives
     app.include_router(tutorial_router(settings))
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_reader(settings))])
     def prometheus_metrics() -> Response:
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
         default=None, description="Bearer token for /notify/. Unset: /notify/ answers 401."
     )
     api_username: str = Field(default="api-user", min_length=1, max_length=64)
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Bearer token that GET /metrics requires. Unset: /metrics is open."
+    )
+    telemetry_include_pii: bool = Field(
+        default=False, description="Task arguments in spans, local variables and request data in Sentry events."
+    )
     log_file: Path = Path("background-tasks.log")
     email_send_seconds: float = Field(default=5.0, ge=0, le=3600)
     email_failure_rate: float = Field(default=0.0, ge=0, le=1, description="Share of simulated sends that fail.")
@@ -55,7 +61,7 @@ class Settings(BaseSettings):
     otel_traces_sampler: TracesSampler = "parentbased_always_on"
     otel_traces_sampler_arg: float = Field(default=1.0, ge=0, le=1)
 
-    @field_validator("api_token")
+    @field_validator("api_token", "metrics_token")
     @classmethod
     def _refuse_weak_token(cls, token: SecretStr | None) -> SecretStr | None:
         if token is None:

@@ -47,6 +47,8 @@ def test_weak_tokens_are_refused_without_echo(monkeypatch: pytest.MonkeyPatch, t
         ("MAX_MESSAGE_LENGTH", "lots"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
         ("LOG_LEVEL", "LOUD"),
+        ("METRICS_TOKEN", "changeme"),
+        ("TELEMETRY_INCLUDE_PII", "maybe"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

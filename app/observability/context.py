@@ -20,6 +20,7 @@ class Telemetry:
     logger: logging.Logger
     task_limiter: CapacityLimiter
     backlog: Backlog
+    include_pii: bool = False  # task arguments in spans: off, they hold emails and messages
 
 
 @dataclass(slots=True)

@@ -21,8 +21,9 @@ def start_sentry(settings: Settings) -> None:
         release=settings.sentry_release,
         default_integrations=False,
         auto_enabling_integrations=False,
-        send_default_pii=False,
-        include_local_variables=False,  # locals hold emails, messages and tokens
+        # Off by default: request data and locals hold emails, messages and tokens.
+        send_default_pii=settings.telemetry_include_pii,
+        include_local_variables=settings.telemetry_include_pii,
         max_breadcrumbs=0,
     )
 

@@ -31,6 +31,7 @@ from app.observability.context import RequestRecord, current_request
 from app.observability.errors import report_exception
 
 _PATCHED = (BackgroundTask, BackgroundTasks, fastapi.background.BackgroundTasks)
+_MAX_ARGUMENTS_REPR = 1024
 
 
 def task_name(func: Callable[..., Any]) -> str:
@@ -65,7 +66,7 @@ async def _run_batch(record: RequestRecord, tasks: Sequence[BackgroundTask]) -> 
     for index, (task, entry) in enumerate(zip(tasks, entries, strict=True)):
         try:
             if task.is_async:
-                with _observed(record, entry):
+                with _observed(record, entry, task):
                     await task.func(*task.args, **task.kwargs)
             else:
                 # A limiter of its own: sync tasks never take the threads of sync endpoints.
@@ -80,12 +81,12 @@ async def _run_batch(record: RequestRecord, tasks: Sequence[BackgroundTask]) -> 
 
 
 def _run_sync(record: RequestRecord, entry: Entry, task: BackgroundTask) -> None:
-    with _observed(record, entry):
+    with _observed(record, entry, task):
         task.func(*task.args, **task.kwargs)
 
 
 @contextmanager
-def _observed(record: RequestRecord, entry: Entry) -> Iterator[None]:
+def _observed(record: RequestRecord, entry: Entry, task: BackgroundTask) -> Iterator[None]:
     telemetry, route, name = record.telemetry, record.route, entry[1]
     metrics = telemetry.metrics
     started = perf_counter()
@@ -95,6 +96,8 @@ def _observed(record: RequestRecord, entry: Entry) -> Iterator[None]:
     in_progress.inc()
     outcome, level, exc_info, exception = "success", logging.INFO, None, ""
     attributes: Attributes = {"background_task.name": name, "http.route": route, "background_task.start_delay_s": delay}
+    if telemetry.include_pii:
+        attributes = {**attributes, "background_task.arguments": repr((task.args, task.kwargs))[:_MAX_ARGUMENTS_REPR]}
     with telemetry.tracer.start_as_current_span(
         f"BackgroundTask {name}", attributes=attributes, record_exception=False, set_status_on_exception=False
     ) as span:
