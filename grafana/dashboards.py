@@ -119,7 +119,7 @@ def _sentry_link() -> dict[str, Any]:
 # unless its worker died without settling it. deploy/prometheus/alerts.yml records the same sum.
 LOST = (
     "sum by (instance) (background_tasks_scheduled_total{{{selector}}})"
-    " - sum by (instance) (background_task_duration_seconds_count{{{selector}, outcome=~\"success|failure\"}})"
+    ' - sum by (instance) (background_task_duration_seconds_count{{{selector}, outcome=~"success|failure"}})'
     " - sum by (instance) (background_tasks_dropped_total{{{selector}}})"
     " - sum by (instance) (background_tasks_pending{{{selector}}})"
 )

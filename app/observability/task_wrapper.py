@@ -22,7 +22,7 @@ from typing import Any
 import fastapi.background
 from anyio import to_thread
 from opentelemetry.trace import Status, StatusCode
-from opentelemetry.util.types import Attributes
+from opentelemetry.util.types import AttributeValue
 from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.concurrency import run_in_threadpool
 
@@ -95,9 +95,13 @@ def _observed(record: RequestRecord, entry: Entry, task: BackgroundTask) -> Iter
     in_progress = metrics.tasks_in_progress.labels(name)
     in_progress.inc()
     outcome, level, exc_info, exception = "success", logging.INFO, None, ""
-    attributes: Attributes = {"background_task.name": name, "http.route": route, "background_task.start_delay_s": delay}
+    attributes: dict[str, AttributeValue] = {
+        "background_task.name": name,
+        "http.route": route,
+        "background_task.start_delay_s": delay,
+    }
     if telemetry.include_pii:
-        attributes = {**attributes, "background_task.arguments": repr((task.args, task.kwargs))[:_MAX_ARGUMENTS_REPR]}
+        attributes["background_task.arguments"] = repr((task.args, task.kwargs))[:_MAX_ARGUMENTS_REPR]
     with telemetry.tracer.start_as_current_span(
         f"BackgroundTask {name}", attributes=attributes, record_exception=False, set_status_on_exception=False
     ) as span:
