@@ -38,8 +38,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if tracer_provider is not None:
-            start_export(tracer_provider, settings)
-        start_sentry(settings)
+            start_export(tracer_provider, settings, metrics)
+        start_sentry(settings, metrics)
         if settings.api_token is None:
             logger.warning("API_TOKEN is not set: /notify/ answers 401 to every caller")
         metrics.worker_processes.set(1)

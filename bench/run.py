@@ -190,12 +190,12 @@ def wrapper_cost(otlp_endpoint: str, sentry_dsn: str, tasks: int = 5_000, repeat
     pays. The CPU of all threads adds the exporter's thread, flushed after every 1,000 tasks so
     that its queue (2,048 spans) never drops one. Three setups show what each part costs.
     """
+    metrics = Metrics()
     sdk = make_tracer_provider(Settings(otel_exporter_otlp_endpoint=otlp_endpoint))
-    start_export(sdk, Settings(otel_exporter_otlp_endpoint=otlp_endpoint))
-    start_sentry(Settings(sentry_dsn=sentry_dsn))
+    start_export(sdk, Settings(otel_exporter_otlp_endpoint=otlp_endpoint), metrics)
+    start_sentry(Settings(sentry_dsn=sentry_dsn), metrics)
     logger = configure_logging("INFO")
     logger.handlers[0].setStream(open(os.devnull, "w"))  # type: ignore[attr-defined]  # noqa: SIM115
-    metrics = Metrics()
     setups = {
         "metrics": (NoOpTracer(), logging.WARNING),
         "metrics_and_log_line": (NoOpTracer(), logging.INFO),

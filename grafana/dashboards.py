@@ -334,6 +334,19 @@ def service() -> Any:
             "short",
             "1 while Prometheus can scrape the instance.",
         ),
+        _row("Telemetry delivery"),
+        _panel(
+            "Spans and Sentry events not delivered",
+            {
+                "spans exported {{result}}": f"sum by (result) (rate(otel_spans_exported_total{{{TARGET}}}[{RATE}]))",
+                "spans dropped {{reason}}": f"sum by (reason) (rate(otel_spans_dropped_total{{{TARGET}}}[{RATE}]))",
+                "Sentry events lost {{reason}}": "sum by (reason) "
+                f"(rate(sentry_events_lost_total{{{TARGET}}}[{RATE}]))",
+            },
+            "ops",
+            "Anything but exported success means traces or Sentry events are missing: the collector or "
+            "Sentry refused, hung or fell behind. Requests are not slowed by it.",
+        ),
     ]
     return _dashboard(
         "background-tasks-service",

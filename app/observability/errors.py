@@ -5,17 +5,39 @@ its query string, with emails and messages) to every event, and the logging one 
 our own error log lines as duplicate events.
 """
 
+from typing import Any
+
 import sentry_sdk
+from prometheus_client import Counter
+from sentry_sdk.envelope import Item
+from sentry_sdk.transport import HttpTransport
 from sentry_sdk.utils import event_from_exception
 
+from app.observability.metrics import Metrics
 from app.observability.tracing import current_ids
 from app.settings import Settings
 
 
-def start_sentry(settings: Settings) -> None:
+def _counting_transport(lost: Counter) -> type[HttpTransport]:
+    """The SDK's HTTP transport, counting each error event it gives up on (network errors, a
+    full queue while Sentry is slow, rate limits) instead of only reporting it to Sentry."""
+
+    class CountingTransport(HttpTransport):
+        def record_lost_event(
+            self, reason: str, data_category: Any = None, item: Item | None = None, *, quantity: int = 1
+        ) -> None:
+            if (item.data_category if item is not None else data_category) == "error":
+                lost.labels(reason).inc(1 if item is not None else quantity)
+            super().record_lost_event(reason, data_category, item, quantity=quantity)
+
+    return CountingTransport
+
+
+def start_sentry(settings: Settings, metrics: Metrics) -> None:
     if settings.sentry_dsn is None:
         return
     sentry_sdk.init(
+        transport=_counting_transport(metrics.sentry_events_lost),
         dsn=str(settings.sentry_dsn),
         environment=settings.sentry_environment,
         release=settings.sentry_release,

@@ -93,6 +93,31 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        # Telemetry that never arrived: a collector or Sentry that is down must show as a number.
+        self.spans_exported = Counter(
+            "otel_spans_exported",
+            "Spans handed to the OTLP exporter, by result: success, or failure (the batch was lost).",
+            ["result"],
+            registry=r,
+        )
+        self.spans_dropped = Counter(
+            "otel_spans_dropped",
+            "Spans never exported: queue_full (the exporter fell behind), shutdown (ended after it).",
+            ["reason"],
+            registry=r,
+        )
+        self.sentry_events_lost = Counter(
+            "sentry_events_lost",
+            "Sentry error events that did not reach Sentry, by the SDK's reason (e.g. network_error, queue_overflow).",
+            ["reason"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.spans_exported.labels(result)
+        for reason in ("queue_full", "shutdown"):
+            self.spans_dropped.labels(reason)
+        for reason in ("network_error", "queue_overflow"):
+            self.sentry_events_lost.labels(reason)
         self.request_lifetime = Histogram(
             "http_request_lifetime_seconds",
             "Request start to the end of its last background task: the full cost of a request.",

@@ -2,13 +2,18 @@
 
 The provider is made by create_app but exports nothing until start_export() runs in the
 worker's lifespan, after gunicorn forked: a BatchSpanProcessor's thread does not survive fork.
+Every span handed to export is counted by what became of it (exported, failed, dropped), so a
+collector that refuses, hangs or falls behind shows on /metrics instead of going unnoticed.
 """
+
+import logging
+from collections.abc import Sequence
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -17,7 +22,11 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
+from app.observability.metrics import Metrics
 from app.settings import Settings
+
+# Where the SDK's batch processor logs each span it drops; its messages are matched below.
+_BATCH_PROCESSOR_LOGGER = "opentelemetry.sdk._shared_internal"
 
 
 def _sampler(settings: Settings) -> Sampler:
@@ -39,11 +48,51 @@ def make_tracer_provider(settings: Settings) -> TracerProvider:
     return TracerProvider(resource=resource, sampler=_sampler(settings))
 
 
-def start_export(provider: TracerProvider, settings: Settings) -> None:
+class _CountingExporter(SpanExporter):
+    def __init__(self, inner: SpanExporter, metrics: Metrics) -> None:
+        self._inner = inner
+        self._exported = metrics.spans_exported
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = SpanExportResult.FAILURE
+        try:
+            result = self._inner.export(spans)
+        finally:
+            self._exported.labels("success" if result is SpanExportResult.SUCCESS else "failure").inc(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class _DropCounter(logging.Filter):
+    """Turns the batch processor's line per dropped span (a flood, when the collector is slow)
+    into a count."""
+
+    _REASONS = (("Queue full, dropping", "queue_full"), ("Shutdown called, ignoring", "shutdown"))
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._dropped = metrics.spans_dropped
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        for prefix, reason in self._REASONS:
+            if message.startswith(prefix):
+                self._dropped.labels(reason).inc()
+                return False
+        return True
+
+
+def start_export(provider: TracerProvider, settings: Settings, metrics: Metrics) -> None:
     if settings.otel_exporter_otlp_endpoint is None:
         return
     endpoint = str(settings.otel_exporter_otlp_endpoint).rstrip("/") + "/v1/traces"
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    logging.getLogger(_BATCH_PROCESSOR_LOGGER).addFilter(_DropCounter(metrics))
+    provider.add_span_processor(BatchSpanProcessor(_CountingExporter(OTLPSpanExporter(endpoint=endpoint), metrics)))
 
 
 def traceparent(span: trace.Span) -> bytes | None:
