@@ -115,6 +115,7 @@ def test_a_broken_exporter_slows_no_request_and_its_loss_is_counted(
         for server in started(Gunicorn(tmp_path, env=_env(otlp, sentry))):
             _p99_of_failing_sends(server)  # the same warm-up as the normal run
             p99 = _p99_of_failing_sends(server)
+            server.wait_for_metrics(lambda m: m.get_value("background_task_failures_total") == EVENTS, "every task")
             if case.startswith("otlp"):
                 metrics = server.wait_for_metrics(
                     lambda m: (

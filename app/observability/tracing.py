@@ -91,7 +91,10 @@ def start_export(provider: TracerProvider, settings: Settings, metrics: Metrics)
     if settings.otel_exporter_otlp_endpoint is None:
         return
     endpoint = str(settings.otel_exporter_otlp_endpoint).rstrip("/") + "/v1/traces"
-    logging.getLogger(_BATCH_PROCESSOR_LOGGER).addFilter(_DropCounter(metrics))
+    processor_logger = logging.getLogger(_BATCH_PROCESSOR_LOGGER)
+    processor_logger.addFilter(_DropCounter(metrics))
+    # Its "Shutdown called" line is INFO: below the default WARNING, the filter would never see it.
+    processor_logger.setLevel(min(processor_logger.getEffectiveLevel(), logging.INFO))
     provider.add_span_processor(BatchSpanProcessor(_CountingExporter(OTLPSpanExporter(endpoint=endpoint), metrics)))
 
 
