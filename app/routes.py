@@ -6,14 +6,17 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Query
 from pydantic import EmailStr
 
 from app.auth import bearer_user
+from app.request_limits import REFUSALS, SINGLE_LINE, UNAUTHORIZED, SingleLine, plain_query
 from app.settings import Settings
 from app.tasks import LogFile, log_message, send_email, write_log
 
 
 def tutorial_router(settings: Settings) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(plain_query)], responses=REFUSALS)
     log = LogFile(settings.log_file)
-    Message = Annotated[str, Query(max_length=settings.max_message_length)]
+    Message = Annotated[
+        str, Query(max_length=settings.max_message_length, json_schema_extra={"pattern": SINGLE_LINE}), SingleLine
+    ]
     User = Annotated[str, Depends(bearer_user(settings))]
 
     @router.post("/log/")
@@ -36,7 +39,7 @@ def tutorial_router(settings: Settings) -> APIRouter:
         )
         return {"status": f"Email to {email} is being sent in background"}
 
-    @router.post("/notify/")
+    @router.post("/notify/", responses=UNAUTHORIZED)
     async def notify(username: User, background_tasks: BackgroundTasks) -> dict[str, str]:
         background_tasks.add_task(write_log, log, f"Notification sent to {username}")
         return {"status": "Notification scheduled"}

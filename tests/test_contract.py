@@ -55,20 +55,6 @@ def test_send_message(stack: Stack) -> None:
     assert timestamp.endswith("+00:00")
 
 
-def test_crlf_cannot_forge_a_log_line(stack: Stack) -> None:
-    tag = uuid.uuid4().hex
-    msg = f"real {tag}\r\nFORGED {tag}\u2028also {tag}"
-    with stack.server.client() as client:
-        assert client.post("/log/", params={"msg": msg}).status_code == 200
-        assert client.post("/send-message/", params={"message": msg}).status_code == 200
-    wait_for(lambda: sum(tag in line for line in stack.server.log_file_lines()) == 2)
-    lines = [line for line in stack.server.log_file_lines() if tag in line]
-    escaped = f"real {tag}\\r\\nFORGED {tag}\\u2028also {tag}"
-    assert escaped in lines
-    assert any(line.endswith(f": {escaped}") for line in lines)
-    assert not any(line.startswith(f"FORGED {tag}") for line in stack.server.log_file_lines())
-
-
 @pytest.mark.parametrize(
     ("path", "params", "message_part"),
     [
@@ -77,6 +63,9 @@ def test_crlf_cannot_forge_a_log_line(stack: Stack) -> None:
         ("/log/", {}, "Field required"),
         ("/send-mail/", {"email": "not-an-email"}, "value is not a valid email address"),
         ("/send-mail/", {"email": "a@b@example.com"}, "value is not a valid email address"),
+        # A message that would forge a second log line is refused, not rewritten.
+        ("/log/", {"msg": "real\r\nFORGED"}, "U+000D at position 4 is a control character or line separator"),
+        ("/send-message/", {"message": "a\u2028b"}, "U+2028 at position 1"),
     ],
 )
 def test_bad_input_gets_422_with_a_message(stack: Stack, path: str, params: dict[str, str], message_part: str) -> None:
