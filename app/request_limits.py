@@ -16,8 +16,9 @@ MAX_QUERY_PARAMETERS = 16
 # C0 controls but tab, DEL, C1 controls, and the Unicode line and paragraph separators: one
 # message must stay one log line, and a message that would need escaping is refused instead.
 # One pattern for the check and for the OpenAPI schema, so a generated valid value is valid.
-SINGLE_LINE = r"^[^\x00-\x08\x0A-\x1F\x7F-\x9F\u2028\u2029]*$"
-_LINE_BREAKER = re.compile(r"[\x00-\x08\x0A-\x1F\x7F-\x9F\u2028\u2029]")
+_BREAKERS = r"\x00-\x08\x0A-\x1F\x7F-\x9F\u2028\u2029"
+SINGLE_LINE = f"^[^{_BREAKERS}]*$"
+_LINE_BREAKER = re.compile(f"[{_BREAKERS}]")
 
 
 def _single_line(text: str) -> str:
@@ -32,32 +33,28 @@ def _single_line(text: str) -> str:
 SingleLine = AfterValidator(_single_line)
 
 
-def _refuse(code: int, detail: str) -> HTTPException:
-    return HTTPException(status_code=code, detail=detail)
-
-
 async def plain_query(request: Request) -> None:
     """A router dependency: no body, few parameters, each once, all UTF-8."""
     headers = request.headers
     if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
-        raise _refuse(
+        raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,
             "These endpoints take no request body: send the parameters in the query string",
         )
     raw: bytes = request.scope["query_string"]
     # Counted on the raw bytes, before anything parses thousands of them.
     if raw.count(b"&") >= MAX_QUERY_PARAMETERS:
-        raise _refuse(status.HTTP_400_BAD_REQUEST, f"Too many query parameters: at most {MAX_QUERY_PARAMETERS}")
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"Too many query parameters: at most {MAX_QUERY_PARAMETERS}")
     try:
         unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
     except UnicodeDecodeError:
         # Starlette would turn these bytes into U+FFFD, logging a message that nobody sent.
-        raise _refuse(status.HTTP_400_BAD_REQUEST, "The query string, percent-decoded, is not UTF-8") from None
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "The query string, percent-decoded, is not UTF-8") from None
     params = request.query_params
     if len(params.multi_items()) != len(params):
         # FastAPI would keep only the last value and drop the others without a word.
         repeated = next(key for key in params if len(params.getlist(key)) > 1)
-        raise _refuse(status.HTTP_400_BAD_REQUEST, f"Query parameter {repeated!r} is given more than once")
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"Query parameter {repeated!r} is given more than once")
 
 
 _DETAIL: dict[str, Any] = {
