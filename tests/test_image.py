@@ -18,14 +18,18 @@ CONTAINER = "observable-background-tasks-test"
 
 
 def _docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    done = subprocess.run(
         [os.environ["DOCKER"], *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        check=check,
+        check=False,
         env={**os.environ, "BUILDAH_FORMAT": "docker"},  # keeps HEALTHCHECK, which OCI images drop
     )
+    if check and done.returncode:
+        # The tail says why (a failed pip download, a bad layer), which CI must print.
+        raise AssertionError(f"docker {args[0]} exited with {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}")
+    return done
 
 
 @pytest.fixture(scope="module")
