@@ -46,7 +46,8 @@ async def plain_query(request: Request) -> None:
     if raw.count(b"&") >= MAX_QUERY_PARAMETERS:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"Too many query parameters: at most {MAX_QUERY_PARAMETERS}")
     try:
-        unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+        if b"%" in raw or not raw.isascii():  # plain ASCII, the usual case, needs no decoding
+            unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
         # Starlette would turn these bytes into U+FFFD, logging a message that nobody sent.
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "The query string, percent-decoded, is not UTF-8") from None
