@@ -235,16 +235,6 @@ def wrapper_cost(otlp_endpoint: str, sentry_dsn: str, tasks: int = 5_000, repeat
     return results
 
 
-def _scrape_ms(server: Gunicorn, scrapes: int = 60) -> float:
-    timings = []
-    with server.client() as client:
-        for _ in range(scrapes):
-            began = time.perf_counter()
-            assert client.get("/metrics").status_code == 200
-            timings.append(time.perf_counter() - began)
-    return statistics.median(timings) * 1e3
-
-
 def scrapes(work: Path, workers: int = 8) -> dict[str, float]:
     """/metrics after 0, 100 and 500 recycled workers, each of which left metric files behind."""
     env = {"API_TOKEN": TOKEN, "EMAIL_SEND_SECONDS": "0"}
@@ -266,7 +256,7 @@ def scrapes(work: Path, workers: int = 8) -> dict[str, float]:
                     client.post("/send-message/", params={"message": f"m{sent + i}"})
                 sent += 4 * workers
                 wait_for(lambda: len(server.log_file_lines()) == sent, what="the tasks")  # noqa: B023
-                timings[f"scrape_ms_after_{checkpoint}"] = _scrape_ms(server)
+                timings[f"scrape_ms_after_{checkpoint}"] = server.median_scrape_seconds(60) * 1e3
                 print(
                     f"  scrape after {recycled} recycled workers: {timings[f'scrape_ms_after_{checkpoint}']:.2f} ms",
                     flush=True,

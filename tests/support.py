@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -377,6 +378,16 @@ class Gunicorn:
 
     def log_file_lines(self) -> list[str]:
         return self.log_file.read_text().splitlines() if self.log_file.exists() else []
+
+    def median_scrape_seconds(self, scrapes: int) -> float:
+        """How long GET /metrics takes, the median of `scrapes` in a row on one connection."""
+        timings = []
+        with self.client() as client:
+            for _ in range(scrapes):
+                began = time.perf_counter()
+                assert client.get("/metrics").status_code == 200
+                timings.append(time.perf_counter() - began)
+        return statistics.median(timings)
 
     def metrics(self) -> "Metrics":
         response = self._scraper.get("/metrics")

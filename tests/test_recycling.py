@@ -2,8 +2,6 @@
 
 import os
 import signal
-import statistics
-import time
 from pathlib import Path
 
 from tests.support import TOKEN, Gunicorn, started, wait_for
@@ -24,22 +22,12 @@ def _traffic(server: Gunicorn, first: int, count: int) -> int:
     return sent
 
 
-def _scrape_seconds(server: Gunicorn, scrapes: int = 40) -> float:
-    timings = []
-    with server.client() as client:
-        for _ in range(scrapes):
-            began = time.perf_counter()
-            assert client.get("/metrics").status_code == 200
-            timings.append(time.perf_counter() - began)
-    return statistics.median(timings)
-
-
 def test_scrapes_after_500_recycled_workers_are_fast_and_exact(tmp_path: Path) -> None:
     # --preload only makes each of the 500 worker boots cheap; merging does not depend on it.
     env = {"API_TOKEN": TOKEN, "EMAIL_SEND_SECONDS": "0"}
     for server in started(Gunicorn(tmp_path, env=env, workers=WORKERS, options=("--preload",))):
         sent = _traffic(server, 0, 4 * WORKERS)
-        fresh = _scrape_seconds(server)
+        fresh = server.median_scrape_seconds(40)
         recycled_workers = 0
         while recycled_workers < RECYCLES:
             sent = _traffic(server, sent, 2 * WORKERS)  # so the workers about to go leave files behind
@@ -52,7 +40,7 @@ def test_scrapes_after_500_recycled_workers_are_fast_and_exact(tmp_path: Path) -
                 what="the replacements",
             )
         sent = _traffic(server, sent, 4 * WORKERS)  # the live workers' files as in the fresh state
-        recycled = _scrape_seconds(server)
+        recycled = server.median_scrape_seconds(40)
         files = sorted(p.name for p in server.multiproc_dir.glob("*.db"))
         metrics = server.wait_for_metrics(lambda m: m.get_value("background_tasks_pending") == 0, "every task")
 
