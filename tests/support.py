@@ -397,12 +397,18 @@ class Gunicorn:
     def wait_for_metrics(
         self, until: Callable[["Metrics"], bool], what: str, since: "Metrics | None" = None
     ) -> "Metrics":
-        """Scrapes until `until` holds for the totals, or for their change `since` a scrape."""
+        """Scrapes until `until` holds for the totals, or for their change `since` a scrape, in two
+        scrapes in a row; returns the second. One scrape reads the workers' files one after another
+        while they are written, so it can show pending at 0 before a count that the app wrote
+        earlier; the next scrape shows everything written before it began."""
 
-        def check() -> Metrics | None:
+        def holds() -> Metrics | None:
             metrics = self.metrics()
             change = metrics.since(since) if since is not None else metrics
             return change if until(change) else None
+
+        def check() -> Metrics | None:
+            return None if holds() is None else holds()
 
         result: Metrics = wait_for(check, what=what)
         return result

@@ -20,17 +20,33 @@ def test_each_task_settles_exactly_once() -> None:
     backlog, metrics = _backlog()
     first, second, third = backlog.open(["a", "b", "c"], "/jobs/")
     assert backlog.depth == 3
-    assert backlog.settle(first)
-    assert not backlog.settle(first)
+    counted: list[str] = []
+    assert backlog.settle(first, lambda: counted.append("first"))
+    assert not backlog.settle(first, lambda: counted.append("first again"))
     backlog.drop([second, third])
     backlog.drop([third])
-    assert not backlog.settle(third)
+    assert not backlog.settle(third, lambda: counted.append("third"))
+    assert counted == ["first"]
     scrape = _scrape(metrics)
     assert scrape.get_value("background_tasks_scheduled_total", route="/jobs/") == 3
     assert scrape.get_value("background_tasks_dropped_total", reason="cancelled") == 2
     assert scrape.get_value("background_tasks_dropped_total") == 2
     assert scrape.get_value("background_tasks_pending") == 0
     assert backlog.depth == 0
+
+
+def test_the_outcome_is_counted_before_the_task_leaves_pending() -> None:
+    # A scrape that sees pending at 0 must not then miss a finished task's count.
+    backlog, metrics = _backlog()
+    (entry,) = backlog.open(["a"], "/jobs/")
+    pending_while_counting: list[float] = []
+    assert backlog.settle(entry, lambda: pending_while_counting.append(_pending(metrics)))
+    assert pending_while_counting == [1]
+    assert _pending(metrics) == 0
+
+
+def _pending(metrics: Metrics) -> float:
+    return _scrape(metrics).get_value("background_tasks_pending")
 
 
 def test_draining_drops_what_is_left_as_shutdown() -> None:
@@ -51,6 +67,6 @@ def test_only_routes_that_schedule_tasks_are_shed_and_only_when_full() -> None:
     entries = backlog.open(["a", "b"], "/jobs/")
     assert backlog.rejects("/jobs/")
     assert not backlog.rejects("/quiet/")  # never handed over a task: never shed
-    backlog.settle(entries[0])
+    backlog.settle(entries[0], lambda: None)
     assert not backlog.rejects("/jobs/")
     assert backlog.retry_after == b"7"

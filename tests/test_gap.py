@@ -18,7 +18,9 @@ def test_response_time_excludes_task_time(stack: Stack) -> None:
             response = client.post("/send-mail/", params={"email": f"gap{i}@example.com"})
             client_seconds.append(time.perf_counter() - started)
             assert response.status_code == 200
-    assert max(client_seconds) < 0.1
+    # Under half a task's time: a response that waited for its task could not be. (A bound of
+    # 0.1 s failed once on a loaded machine, at 0.196 s; how fast it answers is for the bench.)
+    assert max(client_seconds) < EMAIL_SEND_SECONDS / 2
 
     labels = {"task": "send_email", "route": "/send-mail/"}
     # The request's lifetime is recorded last, once its task is done.
@@ -30,7 +32,7 @@ def test_response_time_excludes_task_time(stack: Stack) -> None:
 
     http = {"route": "/send-mail/", "status": "200"}
     assert change.get_value("http_server_request_duration_seconds_count", **http) == REQUESTS
-    assert change.get_value("http_server_request_duration_seconds_bucket", le="0.1", **http) == REQUESTS
+    assert change.get_value("http_server_request_duration_seconds_bucket", le="0.5", **http) == REQUESTS
     # Every task took at least EMAIL_SEND_SECONDS: none fell in a bucket at or below it.
     assert change.get_value("background_task_duration_seconds_count", outcome="success", **labels) == REQUESTS
     assert change.get_value("background_task_duration_seconds_bucket", le=str(EMAIL_SEND_SECONDS), **labels) == 0

@@ -55,8 +55,9 @@ def test_pending_email_tasks_do_not_slow_a_sync_endpoint(tmp_path: Path) -> None
     assert metrics.get_value("background_tasks_pending") == PENDING
     assert metrics.get_value("background_tasks_in_progress") == 80
     print(f"sync endpoint p99: idle {idle * 1000:.1f} ms, with {PENDING} tasks pending {loaded * 1000:.1f} ms")
-    # Stock FastAPI: about 25 s here. The precise ratio is in the benchmarks.
-    assert loaded <= max(2 * idle, idle + 0.05)
+    # Stock FastAPI: about 25 s here, so a generous bound still catches it (idle + 50 ms failed
+    # once on a loaded machine, by 2 ms). The precise ratio is in the benchmarks.
+    assert loaded <= idle + 0.25
 
 
 def test_a_full_backlog_answers_503_and_the_books_balance(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ So the books always balance: scheduled = success + failure + dropped + pending.
 import itertools
 import logging
 import threading
+from collections.abc import Callable
 
 from app.observability.metrics import Metrics
 
@@ -55,17 +56,22 @@ class Backlog:
                     for reason in DROP_REASONS:
                         self._metrics.tasks_dropped.labels(task, route, reason)
             entries = [(next(self._ids), task, route) for task in tasks]
+            # A scrape reads the workers' files while they are written, so it can see one write
+            # of a pair without the other. Pending rises before scheduled and falls after the
+            # outcome is counted: a torn scrape sees a task twice, never a task lost.
+            self._metrics.tasks_pending.inc(len(entries))
             for entry in entries:
                 self._open[entry[0]] = entry
                 self._metrics.tasks_scheduled.labels(entry[1], route).inc()
-            self._metrics.tasks_pending.inc(len(entries))
         return entries
 
-    def settle(self, entry: Entry) -> bool:
-        """True if this call settled it; False if it was already settled (dropped at shutdown)."""
+    def settle(self, entry: Entry, count: Callable[[], None]) -> bool:
+        """Count the task's outcome and take it out of pending, unless it was already settled
+        (dropped at shutdown): True if this call settled it."""
         with self._lock:
             if self._open.pop(entry[0], None) is None:
                 return False
+            count()
             self._metrics.tasks_pending.dec()
         return True
 
@@ -73,8 +79,7 @@ class Backlog:
         """Settle every entry still open as dropped: by shutdown while draining, else cancelled."""
         reason = "shutdown" if self.draining else "cancelled"
         for entry in entries:
-            if self.settle(entry):
-                self._metrics.tasks_dropped.labels(entry[1], entry[2], reason).inc()
+            if self.settle(entry, self._metrics.tasks_dropped.labels(entry[1], entry[2], reason).inc):
                 self._logger.warning(
                     "background task dropped", extra={"task": entry[1], "route": entry[2], "reason": reason}
                 )

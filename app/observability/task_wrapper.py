@@ -121,12 +121,18 @@ def _observed(record: RequestRecord, entry: Entry, task: BackgroundTask) -> Iter
         finally:
             duration = perf_counter() - started
             in_progress.dec()
-            # The batch settles a cancelled task as dropped; a task that ends after the shutdown
-            # deadline counted it as dropped must not be counted as finished too.
-            if outcome == "cancelled" or telemetry.backlog.settle(entry):
+
+            def count() -> None:
                 metrics.task_duration.labels(name, route, outcome).observe(duration)
                 if exception:
                     metrics.task_failures.labels(name, route, exception).inc()
+
+            # The batch settles a cancelled task as dropped; a task that ends after the shutdown
+            # deadline counted it as dropped must not be counted as finished too.
+            if outcome == "cancelled":
+                count()
+            else:
+                telemetry.backlog.settle(entry, count)
             span.set_attribute("background_task.outcome", outcome)
             telemetry.logger.log(
                 level,
