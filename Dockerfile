@@ -16,7 +16,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000 \
     LOG_FILE=/data/background-tasks.log \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus-multiproc
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus-multiproc \
+    REMAP_SIGTERM=SIGQUIT
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app \
     && mkdir -p /data \
     && chown app:app /data
@@ -25,7 +26,9 @@ WORKDIR /srv
 COPY app/ app/
 COPY deploy/gunicorn.conf.py deploy/gunicorn.conf.py
 USER 10001:10001
-EXPOSE 8000
+# 8000: the web service; 9808: /metrics of the Celery worker (the same image, command
+# `celery -A app.queue_worker worker`, where REMAP_SIGTERM makes SIGTERM a soft shutdown).
+EXPOSE 8000 9808
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['PORT'], timeout=2)"]
 # gunicorn drains on SIGTERM: workers finish their tasks within DRAIN_SECONDS.

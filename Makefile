@@ -12,7 +12,7 @@ BASE_IMAGE ?= $$($(CONTAINER_TOOLS)/base-image)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint pins image-test prometheus demo bench
+.PHONY: run worker test lint pins image-test services demo bench
 
 $(BIN)/gunicorn: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,18 +26,23 @@ $(VENV)/.dev: $(BIN)/gunicorn requirements-dev.txt
 run: $(BIN)/gunicorn
 	$(BIN)/gunicorn -c deploy/gunicorn.conf.py
 
+# The Celery worker for heavy tasks: needs CELERY_BROKER_URL, as `make run` does to enqueue.
+# SIGTERM gives running tasks WORKER_SHUTDOWN_SECONDS, then requeues them (Celery's soft shutdown).
+worker: $(BIN)/gunicorn
+	REMAP_SIGTERM=SIGQUIT $(BIN)/celery -A app.queue_worker worker --loglevel=INFO
+
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint prometheus
+test: lint services
 	$(BIN)/pytest
 
-# The dashboard and alert tests run Debian's prometheus and promtool.
-prometheus:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
-	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q prometheus; }
+# The dashboard and alert tests run Debian's prometheus and promtool; the queue tests redis-server.
+services:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v redis-server >/dev/null || { \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q prometheus redis-server; }
 
 # Traffic for the dashboards, failing tasks included: start the stack first, e.g.
 # docker compose -f deploy/compose.yaml up --build (DEMO_URL, DEMO_SECONDS, API_TOKEN).

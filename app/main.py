@@ -6,9 +6,11 @@ from contextlib import asynccontextmanager
 from anyio import CapacityLimiter
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.trace import NoOpTracer
 
 from app.auth import metrics_reader
+from app.celery_app import create_celery
 from app.observability.backlog import Backlog
 from app.observability.context import Telemetry
 from app.observability.errors import start_sentry, stop_sentry
@@ -17,7 +19,9 @@ from app.observability.metrics import Metrics
 from app.observability.middleware import RequestTelemetryMiddleware
 from app.observability.task_wrapper import install_task_wrapper
 from app.observability.tracing import make_tracer_provider, start_export
+from app.queued import queued_tasks
 from app.routes import tutorial_router
+from app.scheduler import Scheduler
 from app.settings import Settings
 
 
@@ -34,11 +38,23 @@ def create_app(settings: Settings) -> FastAPI:
         backlog=backlog,
         include_pii=settings.telemetry_include_pii,
     )
+    tasks = queued_tasks(settings)
+    celery = None if settings.celery_broker_url is None else create_celery(settings, tasks, producer=True)
+    schedule = Scheduler(
+        tasks,
+        celery,
+        metrics,
+        logger,
+        timeout=settings.enqueue_timeout_seconds,
+        retry_after_seconds=settings.retry_after_seconds,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if tracer_provider is not None:
             start_export(tracer_provider, settings, metrics)
+            if celery is not None:  # the PRODUCER span of each enqueue, and the trace in its headers
+                CeleryInstrumentor().instrument(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
         start_sentry(settings, metrics)
         if settings.api_token is None:
             logger.warning("API_TOKEN is not set: /notify/ answers 401 to every caller")
@@ -63,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.ready = False
     app.state.backlog = backlog  # the worker marks it draining when a stop signal arrives
+    app.state.schedule = schedule  # routes reach it through the Schedule dependency
     app.include_router(tutorial_router(settings))
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_reader(settings))])

@@ -74,7 +74,7 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Query string refused: not UTF-8, too many or repeated parameters", **_DETAIL},
     413: {"description": "A request body was sent; these endpoints take none", **_DETAIL},
     503: {
-        "description": "Too many background tasks pending; retry after the Retry-After seconds",
+        "description": "Too many background tasks pending, or the task queue unavailable; retry after Retry-After",
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
         **_DETAIL,
     },

@@ -7,8 +7,9 @@ from pydantic import EmailStr
 
 from app.auth import bearer_user
 from app.request_limits import REFUSALS, SINGLE_LINE, UNAUTHORIZED, SingleLine, plain_query
+from app.scheduler import Schedule
 from app.settings import Settings
-from app.tasks import LogFile, log_message, send_email, write_log
+from app.tasks import LogFile, log_message, write_log
 
 
 def tutorial_router(settings: Settings) -> APIRouter:
@@ -26,17 +27,10 @@ def tutorial_router(settings: Settings) -> APIRouter:
 
     @router.post("/send-mail/")
     async def send_mail(
-        email: Annotated[EmailStr, Query(max_length=254)], background_tasks: BackgroundTasks
+        email: Annotated[EmailStr, Query(max_length=254)], background_tasks: BackgroundTasks, schedule: Schedule
     ) -> dict[str, str]:
-        background_tasks.add_task(
-            send_email,
-            log,
-            email,
-            "Welcome!",
-            "Thanks for joining 🎉",
-            delay_seconds=settings.email_send_seconds,
-            failure_rate=settings.email_failure_rate,
-        )
+        # The heavy task: on Celery when CELERY_BROKER_URL is set, else in this worker.
+        await schedule(background_tasks, "send_email", email, "Welcome!", "Thanks for joining 🎉")
         return {"status": f"Email to {email} is being sent in background"}
 
     @router.post("/notify/", responses=UNAUTHORIZED)

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import AnyHttpUrl, Field, RedisDsn, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Long enough to refuse the tutorial's "test123" and the usual placeholders ("changeme", "secret").
@@ -51,6 +51,21 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # The queue (app/queued.py). Unset: every task runs in the web worker that scheduled it.
+    celery_broker_url: RedisDsn | None = Field(default=None, description="redis://…; set: heavy tasks go to Celery.")
+    enqueue_timeout_seconds: float = Field(
+        default=1.0, ge=0.05, le=30, description="Longest a request waits for the broker before its 503."
+    )
+    worker_concurrency: int = Field(default=2, ge=1, le=256, description="Prefork children of `make worker`.")
+    worker_max_tasks_per_child: int = Field(default=1000, ge=1, description="A child is recycled after this many.")
+    worker_metrics_port: int = Field(default=9808, ge=1, le=65535)
+    worker_shutdown_seconds: float = Field(
+        default=30.0, ge=0, le=3600, description="On SIGTERM, how long running queued tasks may finish before requeue."
+    )
+    queue_visibility_timeout_seconds: int = Field(
+        default=3600, ge=1, description="Unacknowledged tasks are redelivered after this: above the longest task."
+    )
+
     sentry_dsn: AnyHttpUrl | None = None
     sentry_environment: str = "production"
     sentry_release: str | None = None
@@ -71,6 +86,16 @@ class Settings(BaseSettings):
                 f"must be a real secret of at least {MIN_TOKEN_LENGTH} characters, e.g. secrets.token_urlsafe(32)"
             )
         return token
+
+    @model_validator(mode="after")
+    def _visibility_above_tasks(self) -> "Settings":
+        longest = max(self.email_send_seconds, self.worker_shutdown_seconds)
+        if self.queue_visibility_timeout_seconds <= longest:
+            raise ValueError(
+                f"QUEUE_VISIBILITY_TIMEOUT_SECONDS must be above EMAIL_SEND_SECONDS and WORKER_SHUTDOWN_SECONDS "
+                f"({longest:g}), or Redis redelivers tasks that are still running"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

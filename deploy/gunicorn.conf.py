@@ -5,7 +5,6 @@ Run from the project root: gunicorn -c deploy/gunicorn.conf.py
 
 import math
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 _multiproc_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="prometheus-multiproc-"))
 os.makedirs(_multiproc_dir, exist_ok=True)
 
-from app.observability.multiprocess import merge_dead_worker  # noqa: E402
+from app.observability.multiprocess import merge_dead_worker, wipe  # noqa: E402
 from app.settings import SHUTDOWN_FLUSH_SECONDS, Settings, describe_error  # noqa: E402
 
 try:
@@ -48,11 +47,7 @@ def on_starting(server: Any) -> None:
     Counters from a previous run must not leak in, and wiping again on reload would make
     the totals of live workers go backwards.
     """
-    for entry in os.scandir(_multiproc_dir):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
+    wipe(_multiproc_dir)
 
 
 def child_exit(server: Any, worker: Any) -> None:

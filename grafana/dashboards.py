@@ -115,20 +115,24 @@ def _sentry_link() -> dict[str, Any]:
     }
 
 
-# The books of every instance: each task handed over is finished, dropped or still pending,
-# unless its worker died without settling it. deploy/prometheus/alerts.yml records the same sum.
+# The books across the web and worker jobs: each task handed over is finished, dropped, pending in a
+# web worker, waiting in the broker or unacknowledged, unless a process died without settling it.
+# deploy/prometheus/alerts.yml records the same sum. Every worker reads one broker: its depth counts once.
 LOST = (
-    "sum by (instance) (background_tasks_scheduled_total{{{selector}}})"
-    ' - sum by (instance) (background_task_duration_seconds_count{{{selector}, outcome=~"success|failure"}})'
-    " - sum by (instance) (background_tasks_dropped_total{{{selector}}})"
-    " - sum by (instance) (background_tasks_pending{{{selector}}})"
+    "sum(background_tasks_scheduled_total{{{selector}}})"
+    ' - sum(background_task_duration_seconds_count{{{selector}, outcome=~"success|failure"}})'
+    " - sum(background_tasks_dropped_total{{{selector}}})"
+    " - sum(background_tasks_pending{{{selector}}})"
+    " - (sum(max by (queue) (background_tasks_queued{{{selector}}})) or vector(0))"
+    " - (max(background_tasks_unacked{{{selector}}}) or vector(0))"
 )
 
 
 def background_tasks() -> Any:
     variables = [
-        _variable("job", "label_values(background_tasks_scheduled_total, job)"),
-        _variable("instance", 'label_values(background_tasks_scheduled_total{job=~"$job"}, instance)'),
+        # Web and worker jobs alike export background_tasks_pending.
+        _variable("job", "label_values(background_tasks_pending, job)"),
+        _variable("instance", 'label_values(background_tasks_pending{job=~"$job"}, instance)'),
         # No custom "all" value: the gap panels repeat once per route.
         _variable("route", f"label_values(background_tasks_scheduled_total{{{TARGET}}}, route)", all_value=None),
         _variable("task", f'label_values(background_tasks_scheduled_total{{{TARGET}, route=~"$route"}}, task)'),
@@ -144,6 +148,7 @@ def background_tasks() -> Any:
     one_route = f'{TARGET}, route="$route"'
     some_routes = f'{TARGET}, route=~"$route"'
     tasks = f'{TARGET}, route=~"$route", task=~"$task"'
+    queued = f'{tasks}, job=~".*worker.*"'
     trace_link = _tempo_link('{ name =~ "BackgroundTask .*" && span.http.route = "$route" }')
     failed_traces = _tempo_link('{ name =~ "BackgroundTask .*" && status = error }')
     panels = [
@@ -242,17 +247,58 @@ def background_tasks() -> Any:
             'Tasks that never ran or never finished: reason="shutdown" is the drain deadline.',
         ),
         _panel(
-            "Lost (scheduled - finished - dropped - pending)",
-            {"{{instance}}": LOST.format(selector=TARGET)},
+            "Lost (scheduled - finished - dropped - pending - queued - unacked)",
+            {"lost": LOST.format(selector=TARGET)},
             "short",
-            "Tasks that vanished without being counted as finished or dropped: a worker was killed "
-            "(SIGKILL, out of memory) while they waited or ran. Stays until the instance restarts.",
+            "Tasks that vanished without being counted as finished or dropped: a web worker was killed "
+            "(SIGKILL, out of memory) while they waited or ran, or the broker lost messages. Below zero: a "
+            "task ran twice (a redelivery after it had finished). A restart resets its counters.",
         ),
         _panel(
             "Rejected (503, backlog full)",
             {"{{route}}": f"sum by (route) (rate(background_tasks_rejected_total{{{some_routes}}}[{RATE}]))"},
             "reqps",
             "Requests shed because their worker's backlog was full.",
+        ),
+        _row("Queue (Celery workers)"),
+        _panel(
+            "Queue wait vs task time",
+            {
+                "queue wait p50": _quantile(0.5, "background_task_start_delay_seconds", queued, "le"),
+                "queue wait p95": _quantile(0.95, "background_task_start_delay_seconds", queued, "le"),
+                "task p50": _quantile(0.5, "background_task_duration_seconds", queued, "le"),
+                "task p95": _quantile(0.95, "background_task_duration_seconds", queued, "le"),
+            },
+            "s",
+            "On a worker the start delay is the queue wait: enqueued (before the response) to started.",
+        ),
+        _panel(
+            "Queue depth",
+            {
+                "waiting {{queue}}": f"max by (queue) (background_tasks_queued{{{TARGET}}})",
+                "unacknowledged": f"max(background_tasks_unacked{{{TARGET}}})",
+            },
+            "short",
+            "Waiting in the broker, and delivered to a worker but not acknowledged (reserved, running, or "
+            "held by a dead worker until redelivered). Every worker reads the same broker.",
+        ),
+        _panel(
+            "Worker processes",
+            {"{{instance}}": f'sum by (instance) (server_worker_processes{{{TARGET}, job=~".*worker.*"}})'},
+            "short",
+            "Live prefork children per worker.",
+        ),
+        _panel(
+            "Redeliveries and enqueue failures",
+            {
+                "redelivered {{task}}": "sum by (task) "
+                f"(increase(background_task_redeliveries_total{{{tasks}}}[{RATE}]))",
+                "not enqueued (503) {{task}}": "sum by (task) "
+                f"(increase(background_tasks_enqueue_failures_total{{{tasks}}}[{RATE}]))",
+            },
+            "short",
+            "Tasks run again from a redelivered message (a child died, or a shutdown requeued them), and "
+            "requests answered 503 because the broker did not take their task.",
         ),
     ]
     return _dashboard(

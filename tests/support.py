@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -213,13 +214,17 @@ class Prometheus:
         return values
 
 
-def start_prometheus(workdir: Path, target: str) -> Iterator[Prometheus]:
-    """Debian's prometheus with the repo's config and rules, scraping `target` every second."""
+def start_prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[Prometheus]:
+    """Debian's prometheus with the repo's config and rules, scraping each job's target every second."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(PROMETHEUS_DIR / "alerts.yml")]
     config.pop("alerting")  # no Alertmanager here
-    config["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
+    config["scrape_configs"] = [
+        {**job, "static_configs": [{"targets": [targets[job["job_name"]]]}]}
+        for job in config["scrape_configs"]
+        if job["job_name"] in targets
+    ]
     config_file = workdir / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config))
     port = free_port()
@@ -455,3 +460,148 @@ def started(server: Gunicorn) -> Iterator[Gunicorn]:
         yield server
     finally:
         server.stop()
+
+
+# --- the queue: redis-server and a Celery worker ------------------------------------------------
+
+
+class RedisServer:
+    """Debian's redis-server on a free port, appending every write to disk (fsync always), as
+    a broker that must survive its own restart should."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        assert binary is not None, "make test installs Debian's redis-server"
+        with (self.workdir / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--dir",
+                    str(self.workdir),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ],
+                stdout=log,
+                stderr=log,
+                preexec_fn=die_with_parent,  # noqa: PLW1509
+            )
+        wait_for(self._answers, what="redis-server to answer")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def client(self) -> "redis.Redis":
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+    def waiting_and_unacked(self) -> tuple[int, int]:
+        client = self.client()
+        return int(client.llen("celery")), int(client.hlen("unacked"))
+
+
+class CeleryWorker:
+    """`celery -A app.queue_worker worker`, prefork, with the same settings as the web side."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], concurrency: int = 2) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.metrics_port = free_port()
+        self.multiproc_dir = workdir / "prometheus"
+        self.multiproc_dir.mkdir(exist_ok=True)
+        self.stderr_path = workdir / "worker.stderr"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SENTRY_"))},
+            "REMAP_SIGTERM": "SIGQUIT",  # as `make worker` and the image run it
+            "WORKER_METRICS_PORT": str(self.metrics_port),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
+            **env,
+        }
+        self.args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "app.queue_worker",
+            "worker",
+            f"--concurrency={concurrency}",
+            "--loglevel=INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "CeleryWorker":
+        with self.stderr_path.open("ab") as stderr:
+            self.process = subprocess.Popen(
+                self.args,
+                cwd=ROOT,
+                env=self.env,
+                stdout=stderr,
+                stderr=stderr,
+                preexec_fn=die_with_parent,  # noqa: PLW1509
+            )
+        wait_for(self._ready, timeout=60, what="the celery worker to be ready")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"celery exited with {self.process.returncode}:\n{self.stderr()}")
+        if len(self.child_pids()) < 2 or " ready." not in self.stderr():
+            return False
+        try:
+            return httpx.get(self.metrics_url, timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def child_pids(self) -> set[int]:
+        assert self.process is not None
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return {int(pid) for pid in path.read_text().split()} if path.exists() else set()
+
+    def metrics(self) -> "Metrics":
+        response = httpx.get(self.metrics_url, timeout=10)
+        assert response.status_code == 200
+        return Metrics.parse(response.text)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def app_logs(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stderr().splitlines() if line.startswith("{")]

@@ -14,7 +14,18 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import PROMETHEUS_DIR, ROOT, TOKEN, Gunicorn, Prometheus, start_prometheus, started, wait_for
+from tests.support import (
+    PROMETHEUS_DIR,
+    ROOT,
+    TOKEN,
+    CeleryWorker,
+    Gunicorn,
+    Prometheus,
+    RedisServer,
+    start_prometheus,
+    started,
+    wait_for,
+)
 
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 EMAIL_SEND_SECONDS = 1.0
@@ -28,9 +39,11 @@ class Scene:
     window: str  # covers the measured traffic, and nothing else that changed a counter
     imports_failed: int
     imports_sent: int
+    web: str  # the instance label of each job
+    worker: str
 
 
-def _warm_up(server: Gunicorn) -> None:
+def _warm_up(server: Gunicorn, prometheus: Prometheus) -> None:
     """Make every series exist: each route, failures, a 500, a 404, rejections and a drop."""
     client = server.thread_client()
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -49,16 +62,21 @@ def _warm_up(server: Gunicorn) -> None:
     assert client.post("/checkout/", params={"email": "w@example.com"}).status_code == 500
     assert client.get("/nope").status_code == 404
 
-    def send_mail(i: int) -> int:
-        return server.thread_client().post(SEND_MAIL, params={"email": f"burst{i}@example.com"}).status_code
+    def report(_: int) -> int:
+        return server.thread_client().post("/reports/", params={"seconds": 0.5}).status_code
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        statuses = list(pool.map(send_mail, range(120)))
+        statuses = list(pool.map(report, range(120)))
     assert 503 in statuses, "the burst must overflow the backlog"
     server.wait_for_metrics(lambda m: m.get_value("background_tasks_pending") == 0, "the burst's tasks")
 
-    # A task longer than DRAIN_SECONDS, then every worker told to stop: it is dropped.
+    # A task longer than DRAIN_SECONDS, then every worker told to stop: it is dropped. Prometheus
+    # must have seen the counter at zero first, or the drop is no increase.
     assert client.post("/reports/", params={"seconds": 60}).status_code == 200
+    wait_for(
+        lambda: prometheus.query('background_tasks_dropped_total{task="build_report", reason="shutdown"} == 0'),
+        what="a scrape of the drop counter at zero",
+    )
     first_workers = server.worker_pids()
     for pid in first_workers:
         os.kill(pid, signal.SIGTERM)
@@ -70,6 +88,16 @@ def _warm_up(server: Gunicorn) -> None:
             and m.get_value("server_worker_processes") == 2
         ),
         "the drop and two live workers",
+    )
+
+
+def _queue_drained(worker: CeleryWorker, redis_server: RedisServer, emails: int) -> None:
+    wait_for(
+        lambda: (
+            worker.metrics().get_value("background_task_duration_seconds_count", task="send_email") == emails
+            and redis_server.waiting_and_unacked() == (0, 0)
+        ),
+        what=f"{emails} queued emails",
     )
 
 
@@ -87,24 +115,43 @@ def _measured(server: Gunicorn) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     workdir = tmp_path_factory.mktemp("dashboards")
+    redis_server = RedisServer(workdir / "redis").start()
     env = {
         "API_TOKEN": TOKEN,
         "EMAIL_SEND_SECONDS": str(EMAIL_SEND_SECONDS),
         "TASK_THREADS": "4",
         "MAX_PENDING_TASKS": "20",
         "DRAIN_SECONDS": "1",
+        "CELERY_BROKER_URL": redis_server.url,  # /send-mail/ goes to the queue; the user's tasks stay in-process
     }
     for server in started(Gunicorn(workdir / "app", env=env, app="tests.user_app:create()")):
-        for prometheus in start_prometheus(workdir, f"127.0.0.1:{server.port}"):
-            _warm_up(server)
-            time.sleep(3)  # a few scrapes of the warmed-up counters before the window opens
-            opened = time.time()
-            failed, sent = _measured(server)
-            server.wait_for_metrics(lambda m: m.get_value("background_tasks_pending") == 0, "the measured tasks")
-            time.sleep(3)  # a few scrapes of the final counters
-            prometheus.at = time.time()  # every query looks at this moment, however late it runs
-            window = f"{math.ceil(prometheus.at - opened) + 1}s"
-            yield Scene(prometheus, window, failed, sent)
+        worker = CeleryWorker(workdir / "worker", {**env, "LOG_FILE": str(server.log_file)}).start()
+        targets = {
+            "background-tasks": f"127.0.0.1:{server.port}",
+            "background-tasks-worker": f"127.0.0.1:{worker.metrics_port}",
+        }
+        try:
+            for prometheus in start_prometheus(workdir, targets):
+                _warm_up(server, prometheus)
+                for i in range(10):  # as many emails as the measured traffic, for rate() alike
+                    assert (
+                        server.thread_client().post(SEND_MAIL, params={"email": f"w{i}@example.com"}).status_code == 200
+                    )
+                _queue_drained(worker, redis_server, 10)
+                time.sleep(3)  # a few scrapes of the warmed-up counters before the window opens
+                opened = time.time()
+                failed, sent = _measured(server)
+                server.wait_for_metrics(lambda m: m.get_value("background_tasks_pending") == 0, "the measured tasks")
+                _queue_drained(worker, redis_server, 20)
+                time.sleep(3)  # a few scrapes of the final counters
+                prometheus.at = time.time()  # every query looks at this moment, however late it runs
+                window = f"{math.ceil(prometheus.at - opened) + 1}s"
+                yield Scene(
+                    prometheus, window, failed, sent, targets["background-tasks"], targets["background-tasks-worker"]
+                )
+        finally:
+            worker.stop()
+            redis_server.stop()
 
 
 def _dashboard(name: str) -> dict[str, Any]:
@@ -200,8 +247,26 @@ def test_the_books_panels_show_the_drop_the_rejections_and_the_workers(scene: Sc
     prometheus = scene.prometheus
     assert _value(prometheus.query("sum(background_tasks_dropped_total)")) == 1
     assert _value(prometheus.query("sum(background_tasks_rejected_total)")) > 0
-    lost = _targets("background-tasks.json")["Lost (scheduled - finished - dropped - pending) / {{instance}}"]
+    dashboard = _targets("background-tasks.json")
+    lost = dashboard["Lost (scheduled - finished - dropped - pending - queued - unacked) / lost"]
     assert _value(prometheus.query(_expand(lost, scene.window))) == 0  # every task is accounted for
     service = _targets("service.json")
-    assert _value(prometheus.query(_expand(service["Workers / {{instance}}"], scene.window))) == 2
-    assert _value(prometheus.query(_expand(service["Target up / {{instance}}"], scene.window))) == 1
+    workers = prometheus.query(_expand(service["Workers / {{instance}}"], scene.window))
+    assert _value(workers, instance=scene.web) == 2
+    assert _value(workers, instance=scene.worker) == 2  # prefork children
+    assert _value(prometheus.query(_expand(dashboard["Worker processes / {{instance}}"], scene.window))) == 2
+    up = prometheus.query(_expand(service["Target up / {{instance}}"], scene.window))
+    assert _value(up, instance=scene.web) == _value(up, instance=scene.worker) == 1
+
+
+def test_the_queue_panels_show_the_queue_wait_and_an_empty_queue(scene: Scene) -> None:
+    queries = _targets("background-tasks.json")
+
+    def one(title: str) -> float:
+        return _value(scene.prometheus.query(_expand(queries[title], scene.window)))
+
+    assert one("Queue wait vs task time / task p50") >= EMAIL_SEND_SECONDS
+    assert 0 <= one("Queue wait vs task time / queue wait p50") < one("Queue wait vs task time / task p95")
+    assert one("Queue depth / waiting {{queue}}") == 0
+    assert one("Queue depth / unacknowledged") == 0
+    assert one("Redeliveries and enqueue failures / redelivered {{task}}") == 0

@@ -38,7 +38,7 @@ def test_dockerfile_lints_clean() -> None:
 
 def test_manifests_match_the_kubernetes_schema(tmp_path: Path) -> None:
     manifests = sorted(K8S.glob("*.yaml"))
-    assert {m.name for m in manifests} == {"deployment.yaml", "service.yaml"}
+    assert {m.name for m in manifests} == {"deployment.yaml", "service.yaml", "worker.yaml"}
     result = _validate(*manifests)
     assert result.returncode == 0, result.stdout + result.stderr
     # The check can fail: a misspelt field is refused.
@@ -82,10 +82,20 @@ def test_the_compose_file_matches_the_compose_spec_and_its_files_exist() -> None
     )
     assert result.returncode == 0, result.stdout + result.stderr
     compose = yaml.safe_load(compose_file.read_text())
-    assert set(compose["services"]) == {"app", "prometheus", "alertmanager", "grafana", "otel-collector", "tempo"}
+    assert set(compose["services"]) == {
+        "app",
+        "worker",
+        "redis",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "otel-collector",
+        "tempo",
+    }
     for service in compose["services"].values():
         for volume in service.get("volumes", []):
-            assert (compose_file.parent / volume.split(":")[0]).exists(), volume
+            source = volume.split(":")[0]
+            assert source in compose.get("volumes", {}) or (compose_file.parent / source).exists(), volume
     assert (compose_file.parent / compose["services"]["app"]["build"]["context"] / "Dockerfile").exists()
 
 
@@ -106,3 +116,21 @@ def test_the_pod_outlives_the_drain_and_keeps_metrics_in_memory() -> None:
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes[mounts[multiproc_dir.group(1)]]["emptyDir"]["medium"] == "Memory"
     assert spec["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_worker_pod_outlives_its_soft_shutdown() -> None:
+    manifest = yaml.safe_load((K8S / "worker.yaml").read_text())
+    spec = manifest["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = _env(container)
+    shutdown = float(env.get("WORKER_SHUTDOWN_SECONDS", Settings().worker_shutdown_seconds))
+    # Running tasks get the soft shutdown; requeueing the rest and flushing spans take the margin.
+    assert spec["terminationGracePeriodSeconds"] >= shutdown + SHUTDOWN_FLUSH_SECONDS
+    assert container["command"][:3] == ["celery", "-A", "app.queue_worker"]
+    assert "REMAP_SIGTERM=SIGQUIT" in (ROOT / "Dockerfile").read_text()  # SIGTERM starts the soft shutdown
+    port = int(env.get("WORKER_METRICS_PORT", Settings().worker_metrics_port))
+    assert container["livenessProbe"]["httpGet"]["port"] == port
+    assert manifest["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts["/tmp/prometheus-multiproc"]]["emptyDir"]["medium"] == "Memory"

@@ -38,7 +38,7 @@ def _alert(name: str) -> str:
 def test_sigkill_mid_task_keeps_serving_keeps_counters_monotonic_and_shows_the_loss(tmp_path: Path) -> None:
     env = {"EMAIL_SEND_SECONDS": "120", "DRAIN_SECONDS": "0"}
     for server in started(Gunicorn(tmp_path / "app", env=env)):
-        for prometheus in start_prometheus(tmp_path, f"127.0.0.1:{server.port}"):
+        for prometheus in start_prometheus(tmp_path, {"background-tasks": f"127.0.0.1:{server.port}"}):
             _kill_a_worker_mid_task(server, prometheus)
 
 
@@ -71,7 +71,7 @@ def _kill_a_worker_mid_task(server: Gunicorn, prometheus: Prometheus) -> None:
         return bool(result) and float(result[0]["value"][1]) == lost
 
     wait_for(lambda: shows_the_loss(_lost_panel_query()), what="the Lost panel to show the lost tasks")
-    wait_for(lambda: shows_the_loss("job_instance:background_tasks_lost:sum"), what="the recording rule")
+    wait_for(lambda: shows_the_loss("background_tasks_lost:sum"), what="the recording rule")
     assert shows_the_loss(_alert("BackgroundTasksLost"))
     for counter in COUNTERS:  # the dead worker's counts were folded in, not lost
         (resets,) = prometheus.query(f"sum(resets({counter}[5m]))")

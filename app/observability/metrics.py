@@ -87,6 +87,19 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        # The queue (Celery): the web side counts what it could not enqueue, the worker redeliveries.
+        self.enqueue_failures = Counter(
+            "background_tasks_enqueue_failures",
+            "Requests answered 503 because the broker did not take their task in time.",
+            ["task", "route"],
+            registry=r,
+        )
+        self.task_redeliveries = Counter(
+            "background_task_redeliveries",
+            "Queued tasks started again from a message the broker redelivered (a worker died or shut down).",
+            ["task", "route"],
+            registry=r,
+        )
         self.worker_processes = Gauge(
             "server_worker_processes",
             "Live worker processes serving this target: each sets 1 while it runs.",

@@ -16,29 +16,57 @@ one `<kind>_merged.db` per kind and deletes the pid's files:
   any replacement, so by the time the pid can name a new worker its old files are gone and the
   new worker starts from zero instead of adding to (or being merged with) the dead one's values.
 - The live gauges (livesum) of the dead pid are removed, as `mark_process_dead` does.
+
+The Celery worker has no `child_exit`: its main process folds dead children at each scrape
+(`collect_live`, checking liveness under the lock, so a pid reused meanwhile is never folded),
+and a child that inherits a dead one's pid folds its files before it writes any.
 """
 
 import fcntl
 import os
+import re
+import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 _LOCK_FILE = "merge.lock"
 _MERGED_KINDS = ("counter", "histogram")
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+# A child forked while this process holds the flock would inherit the locked file description and
+# keep it locked for its whole life. No fork happens while this lock is held.
+_NO_FORK_WHILE_LOCKED = threading.Lock()
+os.register_at_fork(
+    before=_NO_FORK_WHILE_LOCKED.acquire,
+    after_in_parent=_NO_FORK_WHILE_LOCKED.release,
+    after_in_child=_NO_FORK_WHILE_LOCKED.release,
+)
 
 
 @contextmanager
 def _locked(directory: str, operation: int) -> Iterator[None]:
-    fd = os.open(os.path.join(directory, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, operation)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+    with _NO_FORK_WHILE_LOCKED:
+        fd = os.open(os.path.join(directory, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, operation)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def wipe(directory: str) -> None:
+    """At a server's start: values of a previous run must not leak in."""
+    for entry in os.scandir(directory):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def exposition(directory: str) -> bytes:
@@ -48,27 +76,53 @@ def exposition(directory: str) -> bytes:
         return generate_latest(registry)
 
 
-def merge_dead_worker(directory: str, pid: int) -> None:
-    mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+def collect_live(directory: str) -> list[Metric]:
+    """The merged values of every process, after folding the files of those that died."""
     with _locked(directory, fcntl.LOCK_EX):
-        for kind in _MERGED_KINDS:
-            dead = os.path.join(directory, f"{kind}_{pid}.db")
-            if not os.path.exists(dead):
-                continue
-            merged = os.path.join(directory, f"{kind}_merged.db")
-            totals: dict[str, float] = {}
-            for path in (merged, dead):
-                if os.path.exists(path):
-                    for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(path):  # type: ignore[no-untyped-call]
-                        totals[key] = totals.get(key, 0.0) + value
-            temporary = merged + ".tmp"
-            with suppress(FileNotFoundError):  # left by a master that died mid-merge
-                os.unlink(temporary)
-            writer = MmapedDict(temporary)  # type: ignore[no-untyped-call]
-            try:
-                for key, value in totals.items():
-                    writer.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
-            finally:
-                writer.close()  # type: ignore[no-untyped-call]
-            os.replace(temporary, merged)
-            os.unlink(dead)
+        pids = {int(m.group(1)) for name in os.listdir(directory) if (m := _PID_FILE.search(name))}
+        for pid in pids - {os.getpid()}:
+            if not _alive(pid):
+                _merge(directory, pid)
+    with _locked(directory, fcntl.LOCK_SH):
+        return list(MultiProcessCollector(None, path=directory).collect())  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # not ours to judge (another user's process): leave its files alone
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited; its pid is not yet free
+
+
+def merge_dead_worker(directory: str, pid: int) -> None:
+    with _locked(directory, fcntl.LOCK_EX):
+        _merge(directory, pid)
+
+
+def _merge(directory: str, pid: int) -> None:
+    mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    for kind in _MERGED_KINDS:
+        dead = os.path.join(directory, f"{kind}_{pid}.db")
+        if not os.path.exists(dead):
+            continue
+        merged = os.path.join(directory, f"{kind}_merged.db")
+        totals: dict[str, float] = {}
+        for path in (merged, dead):
+            if os.path.exists(path):
+                for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(path):  # type: ignore[no-untyped-call]
+                    totals[key] = totals.get(key, 0.0) + value
+        temporary = merged + ".tmp"
+        with suppress(FileNotFoundError):  # left by a master that died mid-merge
+            os.unlink(temporary)
+        writer = MmapedDict(temporary)  # type: ignore[no-untyped-call]
+        try:
+            for key, value in totals.items():
+                writer.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+        finally:
+            writer.close()  # type: ignore[no-untyped-call]
+        os.replace(temporary, merged)
+        os.unlink(dead)

@@ -13,7 +13,6 @@ finished or as dropped, so the counts add up even when a shutdown cuts tasks sho
 """
 
 import functools
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from time import perf_counter
@@ -21,17 +20,14 @@ from typing import Any
 
 import fastapi.background
 from anyio import to_thread
-from opentelemetry.trace import Status, StatusCode
-from opentelemetry.util.types import AttributeValue
 from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.concurrency import run_in_threadpool
 
 from app.observability.backlog import Entry
 from app.observability.context import RequestRecord, current_request
-from app.observability.errors import report_exception
+from app.observability.task_telemetry import observed_task
 
 _PATCHED = (BackgroundTask, BackgroundTasks, fastapi.background.BackgroundTasks)
-_MAX_ARGUMENTS_REPR = 1024
 
 
 def task_name(func: Callable[..., Any]) -> str:
@@ -87,63 +83,22 @@ def _run_sync(record: RequestRecord, entry: Entry, task: BackgroundTask) -> None
 
 @contextmanager
 def _observed(record: RequestRecord, entry: Entry, task: BackgroundTask) -> Iterator[None]:
-    telemetry, route, name = record.telemetry, record.route, entry[1]
-    metrics = telemetry.metrics
+    telemetry, name = record.telemetry, entry[1]
     started = perf_counter()
-    delay = started - (record.response_sent or started)
-    metrics.task_start_delay.labels(name, route).observe(delay)
-    in_progress = metrics.tasks_in_progress.labels(name)
-    in_progress.inc()
-    outcome, level, exc_info, exception = "success", logging.INFO, None, ""
-    attributes: dict[str, AttributeValue] = {
-        "background_task.name": name,
-        "http.route": route,
-        "background_task.start_delay_s": delay,
-    }
-    if telemetry.include_pii:
-        attributes["background_task.arguments"] = repr((task.args, task.kwargs))[:_MAX_ARGUMENTS_REPR]
-    with telemetry.tracer.start_as_current_span(
-        f"BackgroundTask {name}", attributes=attributes, record_exception=False, set_status_on_exception=False
-    ) as span:
-        try:
-            yield
-        except Exception as exc:  # contained: the next task of the response must still run
-            outcome, level, exc_info = "failure", logging.ERROR, exc
-            span.record_exception(exc)
-            exception = type(exc).__name__
-            span.set_status(Status(StatusCode.ERROR, exception))
-            report_exception(exc, mechanism="background_task", tags={"background_task": name, "route": route})
-        except BaseException:
-            # Cancellation is not the task's failure, but the task did not finish: the batch
-            # settles it as dropped.
-            outcome, level = "cancelled", logging.WARNING
-            raise
-        finally:
-            duration = perf_counter() - started
-            in_progress.dec()
-
-            def count() -> None:
-                metrics.task_duration.labels(name, route, outcome).observe(duration)
-                if exception:
-                    metrics.task_failures.labels(name, route, exception).inc()
-
-            # The batch settles a cancelled task as dropped; a task that ends after the shutdown
-            # deadline counted it as dropped must not be counted as finished too.
-            if outcome == "cancelled":
-                count()
-            else:
-                telemetry.backlog.settle(entry, count)
-            span.set_attribute("background_task.outcome", outcome)
-            telemetry.logger.log(
-                level,
-                "background task %s",
-                outcome,
-                exc_info=exc_info,
-                extra={
-                    "task": name,
-                    "route": route,
-                    "outcome": outcome,
-                    "duration_s": round(duration, 6),
-                    "start_delay_s": round(delay, 6),
-                },
-            )
+    with (
+        telemetry.tracer.start_as_current_span(
+            f"BackgroundTask {name}", record_exception=False, set_status_on_exception=False
+        ) as span,
+        observed_task(
+            telemetry,
+            span,
+            name,
+            record.route,
+            start_delay=started - (record.response_sent or started),
+            arguments=(task.args, task.kwargs),
+            contain=True,
+            # A task that ends after the shutdown deadline dropped it must not count as finished too.
+            settle=functools.partial(telemetry.backlog.settle, entry),
+        ),
+    ):
+        yield

@@ -1,0 +1,66 @@
+"""The Celery app both sides build from settings: the web side to enqueue, `make worker` to run.
+
+Nothing connects until a task is sent or a worker starts. The settings below are the ones that
+make a queue lose nothing silently (README, "Heavy tasks on Celery"):
+
+- late acks: a message leaves Redis only after its task ended, so a worker that dies mid-task
+  leaves it there;
+- reject on worker lost: a child killed mid-task (SIGKILL, out of memory) puts its message back at
+  once, rather than acknowledging it as failed;
+- prefetch of 1: a busy child never sits on messages another child could start;
+- a visibility timeout above the longest task: Redis redelivers a message unacknowledged for that
+  long, so a shorter one would run long tasks twice;
+- a soft shutdown: on SIGTERM, running tasks get WORKER_SHUTDOWN_SECONDS, then their messages go
+  back to the queue for another worker.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+
+from app.observability.celery_tasks import ObservedTask
+from app.queued import QueuedTasks
+from app.settings import Settings
+
+
+def create_celery(settings: Settings, tasks: QueuedTasks, *, producer: bool) -> Celery:
+    if settings.celery_broker_url is None:
+        raise ValueError("CELERY_BROKER_URL is not set")
+    celery = Celery("background-tasks", broker=str(settings.celery_broker_url), set_as_current=False)
+    transport: dict[str, Any] = {"visibility_timeout": settings.queue_visibility_timeout_seconds}
+    # On the web side each attempt to reach the broker gets a third of the request's budget: a
+    # refused or hung connection fails in time for one retry, and the request still answers
+    # within it. The worker keeps kombu's defaults, made for its long blocking reads.
+    attempt = settings.enqueue_timeout_seconds / 3
+    if producer:
+        transport |= {"socket_timeout": attempt, "socket_connect_timeout": attempt}
+    celery.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        worker_soft_shutdown_timeout=settings.worker_shutdown_seconds,
+        worker_concurrency=settings.worker_concurrency,
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_ignore_result=True,  # no result backend: the outcome is in metrics, spans and Sentry
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": attempt},
+    )
+    for name, func in tasks.items():
+        celery.task(name=name, base=ObservedTask)(_as_function(func, name))
+    return celery
+
+
+def _as_function(func: Callable[..., None], name: str) -> Callable[..., None]:
+    """Celery reads a task's name and module off a function; a partial has neither."""
+
+    def run(*args: Any, **kwargs: Any) -> None:
+        func(*args, **kwargs)
+
+    run.__name__ = run.__qualname__ = name
+    return run

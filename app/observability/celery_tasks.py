@@ -1,0 +1,188 @@
+"""The Celery adapter: queued tasks run inside ``observed_task``, as in-process ones do.
+
+The task span is opentelemetry-instrumentation-celery's CONSUMER ``run/<task>`` span, a child of
+its PRODUCER ``apply_async/<task>`` span in the web request's trace; ``observed_task`` enriches it
+rather than stacking a second one. The web side stamps the route and the enqueue time in the
+message headers, so the queue wait is the start delay and the labels match the in-process ones.
+
+Per prefork process (the hooks are Celery's signals):
+- the main process, before it forks: Sentry (its transport thread restarts in each child), the
+  multiprocess metric directory wiped, and ``/metrics`` on WORKER_METRICS_PORT;
+- each child in ``worker_process_init``: the OpenTelemetry provider and its batch processor (a
+  thread does not survive fork), and in ``worker_process_shutdown`` (recycling, warm shutdown)
+  a flush of its spans and Sentry events;
+- metric files of dead children are folded into the merged ones (multiprocess.py), by the main
+  process at each scrape and by a child that inherits a dead one's pid, before it writes.
+"""
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, Task, signals
+from celery.exceptions import Retry
+from kombu.exceptions import OperationalError
+from opentelemetry import trace
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.observability import multiprocess
+from app.observability.errors import start_sentry, stop_sentry
+from app.observability.logging import configure_logging
+from app.observability.metrics import Metrics
+from app.observability.task_telemetry import observed_task
+from app.observability.tracing import make_tracer_provider, start_export
+from app.settings import Settings
+
+# Message headers stamped by the web side (app/scheduler.py) and read here.
+ROUTE_HEADER = "origin_route"
+ENQUEUED_AT_HEADER = "enqueued_at"
+NO_ROUTE = "none"  # enqueued outside a request
+DROP_REASONS = ("revoked", "unregistered")
+# Read from the broker at each scrape, beside the catalogue of metrics.py.
+QUEUED, UNACKED = "background_tasks_queued", "background_tasks_unacked"
+
+
+@dataclass(slots=True)
+class WorkerTelemetry:
+    settings: Settings
+    metrics: Metrics
+    logger: logging.Logger
+    include_pii: bool
+    tracer_provider: TracerProvider | None = None
+    known: set[tuple[str, str]] | None = None
+
+
+def _telemetry(app: Celery) -> WorkerTelemetry:
+    telemetry: WorkerTelemetry = app.telemetry
+    return telemetry
+
+
+class ObservedTask(Task):
+    """Every queued task's class: its run is observed like an in-process task's."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        telemetry = _telemetry(self.app)
+        request = self.request
+        headers = request.headers or {}
+        route = str(headers.get(ROUTE_HEADER) or NO_ROUTE)
+        enqueued_at = headers.get(ENQUEUED_AT_HEADER)
+        # Wall clocks of two machines: a skewed clock shows as a wait of zero, never negative.
+        delay = max(0.0, time.time() - float(enqueued_at)) if enqueued_at is not None else 0.0
+        _first_sight(telemetry, self.name, route)
+        if (request.delivery_info or {}).get("redelivered"):
+            telemetry.metrics.task_redeliveries.labels(self.name, route).inc()
+        with observed_task(
+            telemetry,
+            trace.get_current_span(),
+            self.name,
+            route,
+            start_delay=delay,
+            arguments=(args, kwargs),
+            contain=False,
+            requeued=(Retry,),
+        ):
+            return self.run(*args, **kwargs)
+
+
+def _first_sight(telemetry: WorkerTelemetry, task: str, route: str) -> None:
+    # Exported at zero from the start, so the first redelivery or drop is an increase an alert sees.
+    known = telemetry.known if telemetry.known is not None else set()
+    telemetry.known = known
+    if (task, route) not in known:
+        known.add((task, route))
+        telemetry.metrics.task_redeliveries.labels(task, route)
+        for reason in DROP_REASONS:
+            telemetry.metrics.tasks_dropped.labels(task, route, reason)
+
+
+class QueueCollector(Collector):
+    """Reads the broker at scrape time: messages waiting, and messages delivered to a worker but
+    not yet acknowledged (reserved, running, or held by a dead worker until redelivered)."""
+
+    def __init__(self, app: Celery, logger: logging.Logger) -> None:
+        self._app = app
+        self._logger = logger
+
+    def collect(self) -> Iterable[Metric]:
+        queue = self._app.conf.task_default_queue
+        try:
+            with self._app.connection_for_read() as connection:
+                channel = connection.default_channel
+                # Declared as the worker declares it (a passive declare fails before the first task).
+                waiting = channel.queue_declare(queue=queue, durable=True, auto_delete=False).message_count
+                unacked = channel.client.hlen(channel.unacked_key)
+        except (OperationalError, OSError, *self._app.connection_for_read().connection_errors):
+            self._logger.warning("the broker did not answer the queue-depth scrape", exc_info=True)
+            return
+        queued = GaugeMetricFamily(QUEUED, "Tasks waiting in the broker.", labels=["queue"])
+        queued.add_metric([queue], waiting)
+        yield queued
+        yield GaugeMetricFamily(
+            UNACKED,
+            "Tasks delivered to a worker and not yet acknowledged: reserved, running, or awaiting redelivery.",
+            value=unacked,
+        )
+
+
+class _MergedFiles(Collector):
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        return multiprocess.collect_live(self._directory)
+
+
+def install(app: Celery, settings: Settings) -> None:
+    """Connects the worker's signal handlers: call once, on the worker's own Celery app."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    metrics = Metrics()
+    logger = configure_logging(settings.log_level)
+    app.telemetry = WorkerTelemetry(settings, metrics, logger, settings.telemetry_include_pii)
+
+    def before_fork(**_: Any) -> None:
+        multiprocess.wipe(directory)
+        start_sentry(settings, metrics)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_MergedFiles(directory))
+        registry.register(QueueCollector(app, logger))
+        start_http_server(settings.worker_metrics_port, addr=settings.host, registry=registry)
+
+    def in_child(**_: Any) -> None:
+        multiprocess.merge_dead_worker(directory, os.getpid())  # a dead child's files under our pid
+        metrics.worker_processes.set(1)
+        if not settings.otel_sdk_disabled:
+            provider = make_tracer_provider(settings)
+            start_export(provider, settings, metrics)
+            CeleryInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
+            _telemetry(app).tracer_provider = provider
+
+    def child_exit(**_: Any) -> None:
+        provider = _telemetry(app).tracer_provider
+        if provider is not None:
+            provider.shutdown()  # flushes the spans still queued
+        stop_sentry()
+
+    def dropped(request: Any, task_name: str, reason: str) -> None:
+        headers = getattr(request, "headers", None) or {}
+        route = str(headers.get(ROUTE_HEADER) or NO_ROUTE)
+        metrics.tasks_dropped.labels(task_name, route, reason).inc()
+        logger.warning("queued task dropped", extra={"task": task_name, "route": route, "reason": reason})
+
+    def revoked(request: Any = None, **_: Any) -> None:
+        dropped(request, getattr(request, "name", None) or "unknown", "revoked")
+
+    def unknown(name: str = "unknown", message: Any = None, **_: Any) -> None:
+        dropped(message, name, "unregistered")
+
+    signals.worker_init.connect(before_fork, weak=False)
+    signals.worker_process_init.connect(in_child, weak=False)
+    signals.worker_process_shutdown.connect(child_exit, weak=False)
+    signals.task_revoked.connect(revoked, weak=False)
+    signals.task_unknown.connect(unknown, weak=False)

@@ -1,0 +1,127 @@
+"""What one background task emits, wherever it runs: the one definition.
+
+Two thin adapters drive it: ``task_wrapper.py`` for tasks that run in the web worker after the
+response (Starlette's ``BackgroundTask``), and ``celery_worker.py`` for tasks that run on the
+queue. Both hand it the task's span, name, route and start delay; it records the rest:
+
+- ``background_task_start_delay_seconds`` (after the response in-process; the queue wait on Celery),
+- ``background_tasks_in_progress`` while it runs,
+- ``background_task_duration_seconds{outcome}`` and ``background_task_failures_total{exception}``,
+- the span's attributes, and on failure its ERROR status and exception,
+- one Sentry event per failure, tagged ``background_task`` and ``route``, with the trace id,
+- one log line: INFO on success, ERROR with the traceback on failure.
+"""
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from time import perf_counter
+from typing import Any, Protocol
+
+from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from app.observability.errors import report_exception
+from app.observability.metrics import Metrics
+
+_MAX_ARGUMENTS_REPR = 1024
+
+
+class TaskTelemetry(Protocol):
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def logger(self) -> logging.Logger: ...
+    @property
+    def include_pii(self) -> bool: ...
+
+
+Settle = Callable[[Callable[[], None]], object]
+
+
+def _count_now(count: Callable[[], None]) -> None:
+    count()
+
+
+@contextmanager
+def observed_task(
+    telemetry: TaskTelemetry,
+    span: Span,
+    name: str,
+    route: str,
+    *,
+    start_delay: float,
+    arguments: tuple[Any, ...],
+    contain: bool,
+    settle: Settle = _count_now,
+    requeued: tuple[type[BaseException], ...] = (),
+) -> Iterator[None]:
+    """Observe the task run inside the block.
+
+    ``contain``: a failure is recorded on the span and swallowed (in-process: the next task of the
+    response must still run). Otherwise it propagates to the runner, whose tracing records it on the
+    span (opentelemetry-instrumentation-celery does), so the span gets the exception once.
+    ``settle`` counts the outcome under the caller's ledger (the web worker's backlog).
+    ``requeued``: exceptions that send the task back to the queue (Celery's Retry): it has not
+    finished, so nothing is counted but the run's end.
+    """
+    metrics = telemetry.metrics
+    metrics.task_start_delay.labels(name, route).observe(start_delay)
+    in_progress = metrics.tasks_in_progress.labels(name)
+    in_progress.inc()
+    attributes: dict[str, AttributeValue] = {
+        "background_task.name": name,
+        "http.route": route,
+        "background_task.start_delay_s": start_delay,
+    }
+    if telemetry.include_pii:
+        attributes["background_task.arguments"] = repr(arguments)[:_MAX_ARGUMENTS_REPR]
+    span.set_attributes(attributes)
+    outcome, level, exc_info, exception = "success", logging.INFO, None, ""
+    started = perf_counter()
+    try:
+        yield
+    except requeued:
+        outcome, level = "requeued", logging.INFO
+        raise
+    except Exception as exc:
+        outcome, level, exc_info, exception = "failure", logging.ERROR, exc, type(exc).__name__
+        if contain:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, exception))
+        report_exception(exc, mechanism="background_task", tags={"background_task": name, "route": route})
+        if not contain:
+            raise
+    except BaseException:
+        # Cancelled (a shutdown deadline): not the task's failure, and it did not finish. The
+        # in-process batch settles it as dropped; on the queue the message is redelivered.
+        outcome, level = "cancelled", logging.WARNING
+        raise
+    finally:
+        duration = perf_counter() - started
+        in_progress.dec()
+
+        def count() -> None:
+            metrics.task_duration.labels(name, route, outcome).observe(duration)
+            if exception:
+                metrics.task_failures.labels(name, route, exception).inc()
+
+        if outcome in ("success", "failure"):
+            settle(count)
+        elif outcome == "cancelled":
+            count()
+        span.set_attribute("background_task.outcome", outcome)
+        if telemetry.logger.isEnabledFor(level):
+            telemetry.logger.log(
+                level,
+                "background task %s",
+                outcome,
+                exc_info=exc_info,
+                extra={
+                    "task": name,
+                    "route": route,
+                    "outcome": outcome,
+                    "duration_s": round(duration, 6),
+                    "start_delay_s": round(start_delay, 6),
+                },
+            )
