@@ -12,7 +12,7 @@ BASE_IMAGE ?= $$($(CONTAINER_TOOLS)/base-image)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run worker test lint pins image-test services demo bench
+.PHONY: run worker test lint pins image-test services demo bench sentry-alerts
 
 $(BIN)/gunicorn: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench: $(VENV)/.dev
 
 image-test: $(VENV)/.dev
 	DOCKER=$(DOCKER) BASE_IMAGE=$(BASE_IMAGE) $(BIN)/pytest -m container
+
+# Sentry's alerts and monitors from deploy/sentry/ (SENTRY_AUTH_TOKEN, SENTRY_ORG, SENTRY_PROJECT,
+# SENTRY_URL). Standard library only. `make sentry-alerts ARGS=--dry-run` prints what it would send.
+sentry-alerts:
+	$(PYTHON) deploy/sentry/apply.py $(ARGS)
 
 # Re-pin after editing requirements*.in. Needs uv; the output records no registry host.
 pins:

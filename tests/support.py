@@ -230,18 +230,13 @@ def start_prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[Prometh
     port = free_port()
     binary = shutil.which("prometheus")
     assert binary is not None, "make test installs Debian's prometheus"
-    with (workdir / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=log,
-            preexec_fn=die_with_parent,  # noqa: PLW1509
-        )
+    args = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    process = spawn(args, None, workdir / "prometheus.log")
     prometheus = Prometheus(f"http://127.0.0.1:{port}")
     try:
         wait_for(lambda: _prometheus_ready(prometheus), what="prometheus to be ready")
@@ -270,6 +265,24 @@ def _prometheus_ready(prometheus: Prometheus) -> bool:
 
 def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(args: list[str], env: dict[str, str] | None, log: Path, *, append: bool = False) -> "subprocess.Popen[bytes]":
+    """A server process from the project root, its output in `log`, stopped if the tests die."""
+    with log.open("ab" if append else "wb") as out:
+        return subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=out,
+            preexec_fn=die_with_parent,  # noqa: PLW1509
+        )
+
+
+def children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(child) for child in path.read_text().split()} if path.exists() else set()
 
 
 class Gunicorn:
@@ -313,15 +326,7 @@ class Gunicorn:
         self._all_thread_clients: list[httpx.Client] = []
 
     def start(self) -> "Gunicorn":
-        with self.stderr_path.open("wb") as stderr:
-            self.process = subprocess.Popen(
-                self.args,
-                cwd=ROOT,
-                env=self.env,
-                stdout=stderr,
-                stderr=stderr,
-                preexec_fn=die_with_parent,  # noqa: PLW1509
-            )
+        self.process = spawn(self.args, self.env, self.stderr_path)
         wait_for(self._all_workers_up, timeout=60, what="all gunicorn workers to finish startup")
         return self
 
@@ -344,8 +349,7 @@ class Gunicorn:
 
     def worker_pids(self) -> set[int]:
         assert self.process is not None
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
-        return {int(pid) for pid in children.split()}
+        return children(self.process.pid)
 
     def wait_exit(self, timeout: float) -> int:
         assert self.process is not None
@@ -482,27 +486,9 @@ class RedisServer:
     def start(self) -> "RedisServer":
         binary = shutil.which("redis-server")
         assert binary is not None, "make test installs Debian's redis-server"
-        with (self.workdir / "redis.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    binary,
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--dir",
-                    str(self.workdir),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                ],
-                stdout=log,
-                stderr=log,
-                preexec_fn=die_with_parent,  # noqa: PLW1509
-            )
+        args = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir)]
+        persistence = ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        self.process = spawn(args + persistence, None, self.workdir / "redis.log", append=True)
         wait_for(self._answers, what="redis-server to answer")
         return self
 
@@ -557,15 +543,7 @@ class CeleryWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "CeleryWorker":
-        with self.stderr_path.open("ab") as stderr:
-            self.process = subprocess.Popen(
-                self.args,
-                cwd=ROOT,
-                env=self.env,
-                stdout=stderr,
-                stderr=stderr,
-                preexec_fn=die_with_parent,  # noqa: PLW1509
-            )
+        self.process = spawn(self.args, self.env, self.stderr_path, append=True)
         wait_for(self._ready, timeout=60, what="the celery worker to be ready")
         return self
 
@@ -586,8 +564,7 @@ class CeleryWorker:
 
     def child_pids(self) -> set[int]:
         assert self.process is not None
-        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return {int(pid) for pid in path.read_text().split()} if path.exists() else set()
+        return children(self.process.pid)
 
     def metrics(self) -> "Metrics":
         response = httpx.get(self.metrics_url, timeout=10)

@@ -31,6 +31,13 @@ async def reserve_stock(order_id: str) -> None:
 def import_rows(count: int) -> None:
     if count < 0:
         raise ValueError("a negative row count")
+    if count > 1_000_000:
+        raise OverflowError("too many rows")
+
+
+def export_rows(count: int) -> None:
+    if count < 0:
+        raise ValueError("a negative row count")
 
 
 def build_report(seconds: float) -> None:
@@ -72,6 +79,11 @@ def create() -> FastAPI:
     async def start_import(count: int, background_tasks: BackgroundTasks) -> dict[str, str]:
         background_tasks.add_task(import_rows, count)
         return {"status": "importing"}
+
+    @app.post("/exports/")
+    async def start_export(count: int, background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(export_rows, count)
+        return {"status": "exporting"}
 
     @app.get("/inventory/")
     def inventory() -> dict[str, int]:  # sync: served from AnyIO's default thread pool

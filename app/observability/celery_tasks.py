@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -47,6 +47,7 @@ NO_ROUTE = "none"  # enqueued outside a request
 DROP_REASONS = ("revoked", "unregistered")
 # Read from the broker at each scrape, beside the catalogue of metrics.py.
 QUEUED, UNACKED = "background_tasks_queued", "background_tasks_unacked"
+_SCRAPE_TIMEOUTS = {"socket_timeout": 2, "socket_connect_timeout": 2}
 
 
 @dataclass(slots=True)
@@ -56,7 +57,7 @@ class WorkerTelemetry:
     logger: logging.Logger
     include_pii: bool
     tracer_provider: TracerProvider | None = None
-    known: set[tuple[str, str]] | None = None
+    known: set[tuple[str, str]] = field(default_factory=set)  # (task, route) seen by this process
 
 
 def _telemetry(app: Celery) -> WorkerTelemetry:
@@ -93,10 +94,8 @@ class ObservedTask(Task):
 
 def _first_sight(telemetry: WorkerTelemetry, task: str, route: str) -> None:
     # Exported at zero from the start, so the first redelivery or drop is an increase an alert sees.
-    known = telemetry.known if telemetry.known is not None else set()
-    telemetry.known = known
-    if (task, route) not in known:
-        known.add((task, route))
+    if (task, route) not in telemetry.known:
+        telemetry.known.add((task, route))
         telemetry.metrics.task_redeliveries.labels(task, route)
         for reason in DROP_REASONS:
             telemetry.metrics.tasks_dropped.labels(task, route, reason)
@@ -109,16 +108,18 @@ class QueueCollector(Collector):
     def __init__(self, app: Celery, logger: logging.Logger) -> None:
         self._app = app
         self._logger = logger
+        self._errors = (OperationalError, OSError, *app.connection_for_read().connection_errors)
 
     def collect(self) -> Iterable[Metric]:
         queue = self._app.conf.task_default_queue
         try:
-            with self._app.connection_for_read() as connection:
+            # A hung broker must not hang the scrape: Prometheus would see the worker as down.
+            with self._app.connection_for_read(transport_options=_SCRAPE_TIMEOUTS) as connection:
                 channel = connection.default_channel
                 # Declared as the worker declares it (a passive declare fails before the first task).
                 waiting = channel.queue_declare(queue=queue, durable=True, auto_delete=False).message_count
                 unacked = channel.client.hlen(channel.unacked_key)
-        except (OperationalError, OSError, *self._app.connection_for_read().connection_errors):
+        except self._errors:
             self._logger.warning("the broker did not answer the queue-depth scrape", exc_info=True)
             return
         queued = GaugeMetricFamily(QUEUED, "Tasks waiting in the broker.", labels=["queue"])

@@ -56,14 +56,20 @@ def stop_sentry() -> None:
         client.close(timeout=2.0)
 
 
-def report_exception(exc: BaseException, *, mechanism: str, tags: dict[str, str]) -> None:
-    """Send one unhandled-exception event in a scope of its own, with the OpenTelemetry ids."""
+def report_exception(
+    exc: BaseException, *, mechanism: str, tags: dict[str, str], fingerprint: list[str] | None = None
+) -> None:
+    """Send one unhandled-exception event in a scope of its own, with the OpenTelemetry ids.
+
+    ``fingerprint`` replaces Sentry's grouping by stack trace: one issue per fingerprint."""
     client = sentry_sdk.get_client()
     if not client.is_active():
         return
     with sentry_sdk.isolation_scope() as scope:
         for key, value in tags.items():
             scope.set_tag(key, value)
+        if fingerprint is not None:
+            scope.fingerprint = fingerprint
         event, hint = event_from_exception(
             exc, client_options=client.options, mechanism={"type": mechanism, "handled": False}
         )

@@ -8,7 +8,8 @@ queue. Both hand it the task's span, name, route and start delay; it records the
 - ``background_tasks_in_progress`` while it runs,
 - ``background_task_duration_seconds{outcome}`` and ``background_task_failures_total{exception}``,
 - the span's attributes, and on failure its ERROR status and exception,
-- one Sentry event per failure, tagged ``background_task`` and ``route``, with the trace id,
+- one Sentry event per failure, tagged ``background_task`` and ``route``, with the trace id, and
+  grouped into one Sentry issue per (task, exception class),
 - one log line: INFO on success, ERROR with the traceback on failure.
 """
 
@@ -89,7 +90,13 @@ def observed_task(
         if contain:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, exception))
-        report_exception(exc, mechanism="background_task", tags={"background_task": name, "route": route})
+        report_exception(
+            exc,
+            mechanism="background_task",
+            tags={"background_task": name, "route": route},
+            # One Sentry issue per (task, exception class), wherever in the task it was raised.
+            fingerprint=["background-task", name, exception],
+        )
         if not contain:
             raise
     except BaseException:
