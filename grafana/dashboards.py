@@ -123,9 +123,12 @@ LOST = (
     ' - sum(background_task_duration_seconds_count{{{selector}, outcome=~"success|failure"}})'
     " - sum(background_tasks_dropped_total{{{selector}}})"
     " - sum(background_tasks_pending{{{selector}}})"
-    " - (sum(max by (queue) (background_tasks_queued{{{selector}}})) or vector(0))"
-    " - (max(background_tasks_unacked{{{selector}}}) or vector(0))"
+    " - (sum(max by (queue) (background_tasks_queued{{{selector}}})) or {no_queue})"
+    " - (max(background_tasks_unacked{{{selector}}}) or {no_queue})"
 )
+# Zero for the broker's terms only where no worker job is scraped: with workers but no depth read
+# (Redis or the workers down), the panel shows nothing rather than every queued task as lost.
+NO_QUEUE = 'vector(0) unless on () count(up{job=~".*worker.*"})'
 
 
 def background_tasks() -> Any:
@@ -248,7 +251,7 @@ def background_tasks() -> Any:
         ),
         _panel(
             "Lost (scheduled - finished - dropped - pending - queued - unacked)",
-            {"lost": LOST.format(selector=TARGET)},
+            {"lost": LOST.format(selector=TARGET, no_queue=NO_QUEUE)},
             "short",
             "Tasks that vanished without being counted as finished or dropped: a web worker was killed "
             "(SIGKILL, out of memory) while they waited or ran, or the broker lost messages. Below zero: a "

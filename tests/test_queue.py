@@ -4,6 +4,7 @@ The same telemetry as in-process tasks, end to end: counts across every process,
 the request to the worker, one Sentry event per failure, the queue wait, and the faults.
 """
 
+import json
 import os
 import signal
 import threading
@@ -18,6 +19,8 @@ import httpx
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
+from app.celery_app import create_celery
+from app.settings import Settings
 from tests.support import (
     CeleryWorker,
     Gunicorn,
@@ -303,6 +306,33 @@ def test_a_child_killed_mid_task_runs_it_again_once_and_counts_the_redelivery(qu
         wait_for(lambda: worker.metrics().get_value("server_worker_processes") == 2, what="a replacement child")
         assert worker.metrics().get_value("background_tasks_in_progress") == 0  # the dead child's 1 is gone
         assert books(queue.web.metrics().since(web_before), worker.metrics().since(worker_before), 0, 0) == 0
+    finally:
+        queue.stop_worker()
+        queue.start_worker()
+
+
+def test_a_revoked_queued_task_is_counted_as_dropped_with_its_task_and_route(queue: Queue) -> None:
+    queue.stop_worker()
+    worker = queue.start_worker(EMAIL_SEND_SECONDS="2")
+    try:
+        web_before, worker_before = queue.web.metrics(), worker.metrics()
+        for i in range(3):  # two children take two; the third waits in Redis (prefetch of 1)
+            assert queue.send(f"revoke-{i}@example.com").status_code == 200
+        wait_for(lambda: queue.redis.waiting_and_unacked() == (1, 2), what="two running, one waiting")
+        waiting = json.loads(queue.redis.client().lindex("celery", 0))
+        control = create_celery(Settings(celery_broker_url=queue.redis.url), {}, producer=True)
+        control.control.revoke(waiting["headers"]["id"])
+        settled(queue, web_before, worker_before, 2)
+        # Celery acknowledges a revoked message, then signals it: the count follows a moment later.
+        wait_for(
+            lambda: worker.metrics().since(worker_before).get_value("background_tasks_dropped_total", **TASK) == 1,
+            what="the drop",
+        )
+        after = worker.metrics().since(worker_before)
+        assert after.get_value("background_tasks_dropped_total", reason="revoked", **TASK) == 1
+        assert books(queue.web.metrics().since(web_before), worker.metrics().since(worker_before), 0, 0) == 0
+        revoked = waiting["headers"]["argsrepr"].split("'")[1]
+        assert revoked not in queue.emails_logged()
     finally:
         queue.stop_worker()
         queue.start_worker()

@@ -2,6 +2,7 @@
 Sentry's API, and the grouping and tags of real events captured from the running service."""
 
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import ModuleType
 from typing import Any
 
 import jsonschema
@@ -33,18 +35,27 @@ def _definitions() -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+def _load_apply() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sentry_apply", APPLY)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+apply = _load_apply()
+
+
 def _resolved(body: Any) -> Any:
-    """A body with its placeholders resolved as apply.py would, against fake ids and defaults."""
-    if isinstance(body, dict):
-        return {k: _resolved(v) for k, v in body.items()}
-    if isinstance(body, list):
-        return [_resolved(v) for v in body]
-    if isinstance(body, str) and body.startswith("{{"):
-        name = body[2:-2]
+    """A body with its placeholders resolved by apply.py's own code, against fake ids and the defaults."""
+
+    def lookup(name: str) -> Any:
         if name.startswith("env:"):
-            return int(name.split("|")[1])
+            return apply.from_env(name.removeprefix("env:"))
         return FAKE_IDS.get(name, "99")
-    return body
+
+    return apply.resolve(body, lookup)
 
 
 def _errors(body: Any) -> list[str]:

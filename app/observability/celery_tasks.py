@@ -52,7 +52,6 @@ _SCRAPE_TIMEOUTS = {"socket_timeout": 2, "socket_connect_timeout": 2}
 
 @dataclass(slots=True)
 class WorkerTelemetry:
-    settings: Settings
     metrics: Metrics
     logger: logging.Logger
     include_pii: bool
@@ -143,12 +142,14 @@ class _MergedFiles(Collector):
 def install(app: Celery, settings: Settings) -> None:
     """Connects the worker's signal handlers: call once, on the worker's own Celery app."""
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    metrics = Metrics()
     logger = configure_logging(settings.log_level)
-    app.telemetry = WorkerTelemetry(settings, metrics, logger, settings.telemetry_include_pii)
 
     def before_fork(**_: Any) -> None:
         multiprocess.wipe(directory)
+        # Made after the wipe: a metric made before it writes to a file the wipe unlinked, and
+        # what the main process counts (drops) would never reach a scrape. Children inherit it.
+        metrics = Metrics()
+        app.telemetry = WorkerTelemetry(metrics, logger, settings.telemetry_include_pii)
         start_sentry(settings, metrics)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_MergedFiles(directory))
@@ -157,12 +158,13 @@ def install(app: Celery, settings: Settings) -> None:
 
     def in_child(**_: Any) -> None:
         multiprocess.merge_dead_worker(directory, os.getpid())  # a dead child's files under our pid
-        metrics.worker_processes.set(1)
+        telemetry = _telemetry(app)
+        telemetry.metrics.worker_processes.set(1)
         if not settings.otel_sdk_disabled:
             provider = make_tracer_provider(settings)
-            start_export(provider, settings, metrics)
+            start_export(provider, settings, telemetry.metrics)
             CeleryInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
-            _telemetry(app).tracer_provider = provider
+            telemetry.tracer_provider = provider
 
     def child_exit(**_: Any) -> None:
         provider = _telemetry(app).tracer_provider
@@ -173,11 +175,12 @@ def install(app: Celery, settings: Settings) -> None:
     def dropped(request: Any, task_name: str, reason: str) -> None:
         headers = getattr(request, "headers", None) or {}
         route = str(headers.get(ROUTE_HEADER) or NO_ROUTE)
-        metrics.tasks_dropped.labels(task_name, route, reason).inc()
+        _telemetry(app).metrics.tasks_dropped.labels(task_name, route, reason).inc()
         logger.warning("queued task dropped", extra={"task": task_name, "route": route, "reason": reason})
 
-    def revoked(request: Any = None, **_: Any) -> None:
-        dropped(request, getattr(request, "name", None) or "unknown", "revoked")
+    def revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+        # The sender is the task; the request is its context, which carries the headers, no name.
+        dropped(request, getattr(sender, "name", None) or "unknown", "revoked")
 
     def unknown(name: str = "unknown", message: Any = None, **_: Any) -> None:
         dropped(message, name, "unregistered")

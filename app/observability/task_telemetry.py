@@ -1,7 +1,7 @@
 """What one background task emits, wherever it runs: the one definition.
 
 Two thin adapters drive it: ``task_wrapper.py`` for tasks that run in the web worker after the
-response (Starlette's ``BackgroundTask``), and ``celery_worker.py`` for tasks that run on the
+response (Starlette's ``BackgroundTask``), and ``celery_tasks.py`` for tasks that run on the
 queue. Both hand it the task's span, name, route and start delay; it records the rest:
 
 - ``background_task_start_delay_seconds`` (after the response in-process; the queue wait on Celery),
