@@ -29,7 +29,7 @@ run: $(BIN)/gunicorn
 # The Celery worker for heavy tasks: needs CELERY_BROKER_URL, as `make run` does to enqueue.
 # SIGTERM gives running tasks WORKER_SHUTDOWN_SECONDS, then requeues them (Celery's soft shutdown).
 worker: $(BIN)/gunicorn
-	REMAP_SIGTERM=SIGQUIT $(BIN)/celery -A app.queue_worker worker --loglevel=INFO
+	REMAP_SIGTERM=SIGQUIT $(BIN)/celery -A app.queue_worker worker
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -1,12 +1,12 @@
 """create_app(settings) wires the service; nothing starts until the lifespan runs in a worker."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from anyio import CapacityLimiter
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.trace import NoOpTracer
 
 from app.auth import metrics_reader
@@ -14,7 +14,8 @@ from app.celery_app import create_celery
 from app.observability.backlog import Backlog
 from app.observability.context import Telemetry
 from app.observability.errors import start_sentry, stop_sentry
-from app.observability.logging import configure_logging
+from app.observability.instrumentation import instrument_app, instrument_celery
+from app.observability.logging import LOGGER_NAME
 from app.observability.metrics import Metrics
 from app.observability.middleware import RequestTelemetryMiddleware
 from app.observability.task_wrapper import install_task_wrapper
@@ -26,7 +27,7 @@ from app.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
-    logger = configure_logging(settings.log_level)
+    logger = logging.getLogger(LOGGER_NAME)  # the server's hook configured logging (logging.py)
     tracer_provider = None if settings.otel_sdk_disabled else make_tracer_provider(settings)
     metrics = Metrics()
     backlog = Backlog(metrics, logger, settings.max_pending_tasks, settings.retry_after_seconds)
@@ -37,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
         task_limiter=CapacityLimiter(settings.task_threads),
         backlog=backlog,
         include_pii=settings.telemetry_include_pii,
+        access_log=settings.access_log,
     )
     tasks = queued_tasks(settings)
     celery = None if settings.celery_broker_url is None else create_celery(settings, tasks, producer=True)
@@ -54,7 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
         if tracer_provider is not None:
             start_export(tracer_provider, settings, metrics)
             if celery is not None:  # the PRODUCER span of each enqueue, and the trace in its headers
-                CeleryInstrumentor().instrument(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
+                instrument_celery(tracer_provider)
         start_sentry(settings, metrics)
         if settings.api_token is None:
             logger.warning("API_TOKEN is not set: /notify/ answers 401 to every caller")
@@ -71,7 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
                 tracer_provider.shutdown()  # flushes the spans still queued
             stop_sentry()
 
-    # FastAPI's own telemetry is off: RequestTelemetryMiddleware makes the server spans.
+    # FastAPI's own telemetry is off: opentelemetry-instrumentation-fastapi makes the server spans.
     app = FastAPI(
         title="Observable background tasks",
         lifespan=lifespan,
@@ -97,7 +99,9 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
 
     app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry)
-    install_task_wrapper()
+    if tracer_provider is not None:
+        instrument_app(app, tracer_provider)
+    install_task_wrapper()  # after the instrumentation, whatever it patched: one span per task
     return app
 
 

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
         default=20.0, ge=0, le=3600, description="After a stop signal, how long pending tasks may run."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = Field(default="json", description="text: one readable line, for a terminal.")
+    access_log: bool = Field(default=False, description="A line per request: route template, status, duration.")
 
     # The queue (app/queued.py). Unset: every task runs in the web worker that scheduled it.
     celery_broker_url: RedisDsn | None = Field(default=None, description="redis://…; set: heavy tasks go to Celery.")
@@ -102,7 +104,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("otel_traces_sampler", mode="before")
+    @field_validator("otel_traces_sampler", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

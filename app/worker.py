@@ -10,10 +10,12 @@ cancelled at the deadline are counted as dropped with reason "shutdown".
 import asyncio
 import socket
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import httptools
 from gunicorn.arbiter import Arbiter
 from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
@@ -23,6 +25,27 @@ if TYPE_CHECKING:  # the master loads this class: it must not import prometheus_
     from app.observability.backlog import Backlog
 
 _LATE_REQUEST_GRACE_SECONDS = 0.2
+INVALID_REQUEST = "Invalid HTTP request received."
+
+
+class _HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, whose 400 for a malformed request is logged with the parser's
+    reason and the client's address. The request's bytes stay out: they may hold credentials."""
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's own data_received, with the reason and the client in the refusal's line.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else None
+            self.logger.warning(INVALID_REQUEST, extra={"reason": str(error), "client": client})
+            self.send_400_response(INVALID_REQUEST)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
 
 
 class _DrainingServer(Server):
@@ -43,6 +66,13 @@ class _DrainingServer(Server):
 
 
 class DrainingUvicornWorker(UvicornWorker):
+    # No uvicorn access log (its line has the query string): ACCESS_LOG=true logs the route.
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        **UvicornWorker.CONFIG_KWARGS,
+        "http": _HttpProtocol,
+        "access_log": False,
+    }
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config.timeout_graceful_shutdown = Settings().drain_seconds

@@ -3,6 +3,7 @@
 Run from the project root: gunicorn -c deploy/gunicorn.conf.py
 """
 
+import logging
 import math
 import os
 import sys
@@ -20,13 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 _multiproc_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="prometheus-multiproc-"))
 os.makedirs(_multiproc_dir, exist_ok=True)
 
+from app.observability.logging import exit_with, logging_config  # noqa: E402
 from app.observability.multiprocess import merge_dead_worker, wipe  # noqa: E402
 from app.settings import SHUTDOWN_FLUSH_SECONDS, Settings, describe_error  # noqa: E402
 
 try:
     _settings = Settings()
 except ValidationError as error:  # fail before any worker forks, naming the setting
-    sys.exit(describe_error(error))
+    exit_with(describe_error(error))
 
 wsgi_app = "app.main:create_app_from_env()"
 worker_class = "app.worker.DrainingUvicornWorker"
@@ -38,7 +40,9 @@ workers = _settings.web_concurrency
 graceful_timeout = math.ceil(_settings.drain_seconds) + SHUTDOWN_FLUSH_SECONDS
 timeout = max(30, graceful_timeout)
 control_socket_disable = True  # one less socket in $HOME; nothing here uses gunicornc
-accesslog = None  # the metrics and traces say more; an access line per request costs throughput
+accesslog = None  # uvicorn's access line has the query string; ACCESS_LOG=true logs the route instead
+# gunicorn's, uvicorn's and the app's lines in one format (JSON unless LOG_FORMAT=text).
+logconfig_dict = logging_config(_settings.log_level, _settings.log_format)
 
 
 def on_starting(server: Any) -> None:
@@ -48,6 +52,7 @@ def on_starting(server: Any) -> None:
     the totals of live workers go backwards.
     """
     wipe(_multiproc_dir)
+    logging.captureWarnings(True)  # a Python warning is a log line too, not raw text on stderr
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -50,6 +50,31 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
         time.sleep(0.05)
 
 
+def app_lines(output: str) -> list[dict[str, Any]]:
+    """The app's own log lines in a process's output (every line is a JSON object: test_logs.py)."""
+    lines = (json.loads(line) for line in output.splitlines() if line.startswith("{"))
+    return [line for line in lines if line["logger"] == "app" or line["logger"].startswith("app.")]
+
+
+def post_scope(path: str, query: bytes) -> dict[str, Any]:
+    """The ASGI scope of a POST as uvicorn hands it to an app, for calling one with no HTTP."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:8000")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -382,8 +407,7 @@ class Gunicorn:
         return self.stderr_path.read_text(errors="replace")
 
     def app_logs(self) -> list[dict[str, Any]]:
-        """The structured (JSON) lines the app wrote to stderr."""
-        return [json.loads(line) for line in self.stderr().splitlines() if line.startswith("{")]
+        return app_lines(self.stderr())
 
     def log_file_lines(self) -> list[str]:
         return self.log_file.read_text().splitlines() if self.log_file.exists() else []
@@ -536,7 +560,6 @@ class CeleryWorker:
             "app.queue_worker",
             "worker",
             f"--concurrency={concurrency}",
-            "--loglevel=INFO",
             "--without-mingle",
             "--without-gossip",
         ]
@@ -581,4 +604,4 @@ class CeleryWorker:
         return self.stderr_path.read_text(errors="replace")
 
     def app_logs(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stderr().splitlines() if line.startswith("{")]
+        return app_lines(self.stderr())

@@ -38,7 +38,7 @@ def service() -> Iterator[str]:
     _docker("rm", "-f", CONTAINER, check=False)
     port = free_port()
     # What a user runs; PORT only because this machine's containers share the host's network.
-    env = ["-e", f"PORT={port}", "-e", f"API_TOKEN={TOKEN}", "-e", "EMAIL_SEND_SECONDS=2"]
+    env = ["-e", f"PORT={port}", "-e", f"API_TOKEN={TOKEN}", "-e", "EMAIL_SEND_SECONDS=2", "-e", "LOG_LEVEL=DEBUG"]
     _docker("run", "-d", "--name", CONTAINER, "-p", f"{port}:{port}", *env, IMAGE)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -86,6 +86,7 @@ def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "WORKER_MAX_TASKS_PER_CHILD": "40",
+        "LOG_LEVEL": "DEBUG",  # a line per successful task too: which child ran it
     }
     web = Gunicorn(workdir / "web", env=env).start()
     env["LOG_FILE"] = str(web.log_file)  # one log file, as a shared volume would be

@@ -58,6 +58,7 @@ def test_the_server_span_continues_the_callers_trace_and_keeps_the_query_out(sta
         "http.request.method": "POST",
         "http.route": "/send-mail/",
         "url.scheme": "http",
+        "network.protocol.version": "1.1",
         "http.response.status_code": 200,
     }
     assert "private" not in str([s.attributes for s in spans])
@@ -72,7 +73,12 @@ def test_probes_scrapes_and_unknown_paths(stack: Stack) -> None:
     assert unknown.status_code == 404
     (span,) = wait_for(lambda: stack.otlp.trace(trace_id_of(unknown)), what="the 404's span")
     assert span.name == "POST"
-    assert span.attributes == {"http.request.method": "POST", "url.scheme": "http", "http.response.status_code": 404}
+    assert span.attributes == {
+        "http.request.method": "POST",
+        "url.scheme": "http",
+        "network.protocol.version": "1.1",
+        "http.response.status_code": 404,
+    }
 
 
 def test_only_traces_are_exported_and_no_duration_includes_tasks(stack: Stack) -> None:

@@ -15,7 +15,7 @@ from app.main import create_app
 from app.observability.task_wrapper import task_name
 from app.settings import Settings
 from app.tasks import write_log
-from tests.support import Metrics
+from tests.support import Metrics, post_scope
 
 
 def test_task_name_is_the_qualified_name_through_partials() -> None:
@@ -108,21 +108,7 @@ def test_with_the_sdk_disabled_tasks_still_run_and_nothing_is_traced(tmp_path: P
     sent: list[Message] = []
 
     async def run() -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/log/",
-            "raw_path": b"/log/",
-            "query_string": b"msg=untraced",
-            "root_path": "",
-            "headers": [],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80),
-            "state": {},
-        }
+        scope = post_scope("/log/", b"msg=untraced")
 
         async def receive() -> Message:
             return {"type": "http.request", "body": b"", "more_body": False}

@@ -15,6 +15,7 @@ Per prefork process (the hooks are Celery's signals):
   process at each scrape and by a child that inherits a dead one's pid, before it writes.
 """
 
+import contextlib
 import logging
 import os
 import time
@@ -23,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.apps import worker as celery_worker
 from celery.exceptions import Retry
 from kombu.exceptions import OperationalError
 from opentelemetry import trace
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -34,7 +35,8 @@ from prometheus_client.registry import Collector
 
 from app.observability import multiprocess
 from app.observability.errors import start_sentry, stop_sentry
-from app.observability.logging import configure_logging
+from app.observability.instrumentation import instrument_celery
+from app.observability.logging import LOGGER_NAME, JsonFormatter, configure_logging
 from app.observability.metrics import Metrics
 from app.observability.task_telemetry import observed_task
 from app.observability.tracing import make_tracer_provider, start_export
@@ -139,10 +141,29 @@ class _MergedFiles(Collector):
         return multiprocess.collect_live(self._directory)
 
 
+def _say_as_json(message: str, *_: Any) -> None:
+    """Celery prints its shutdown notices from signal handlers with os.write, which takes no lock
+    a handler could deadlock on. Still os.write, as a JSON line like every other."""
+    record = logging.LogRecord("celery.apps.worker", logging.WARNING, __file__, 0, message.strip(), None, None)
+    with contextlib.suppress(OSError):  # as Celery's: losing a notice must not abort the shutdown
+        os.write(2, (JsonFormatter().format(record) + "\n").encode())
+
+
 def install(app: Celery, settings: Settings) -> None:
     """Connects the worker's signal handlers: call once, on the worker's own Celery app."""
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    logger = configure_logging(settings.log_level)
+    logger = logging.getLogger(LOGGER_NAME)
+
+    def setup_logging(**_: Any) -> None:
+        configure_logging(settings.log_level, settings.log_format)
+        if settings.log_format == "json":
+            celery_worker.safe_say = _say_as_json
+
+    def before_worker_init(instance: Any = None, **_: Any) -> None:
+        # The first hook of `celery worker`, before its privilege check warns: from here on, lines
+        # are in our format. No banner: it is printed, not logged; the "ready" line says the same.
+        setup_logging()
+        instance.quiet = True
 
     def before_fork(**_: Any) -> None:
         multiprocess.wipe(directory)
@@ -163,7 +184,7 @@ def install(app: Celery, settings: Settings) -> None:
         if not settings.otel_sdk_disabled:
             provider = make_tracer_provider(settings)
             start_export(provider, settings, telemetry.metrics)
-            CeleryInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
+            instrument_celery(provider)
             telemetry.tracer_provider = provider
 
     def child_exit(**_: Any) -> None:
@@ -185,6 +206,9 @@ def install(app: Celery, settings: Settings) -> None:
     def unknown(name: str = "unknown", message: Any = None, **_: Any) -> None:
         dropped(message, name, "unregistered")
 
+    signals.celeryd_init.connect(before_worker_init, weak=False)
+    # Connected, this signal replaces Celery's own logging setup (and its --loglevel).
+    signals.setup_logging.connect(setup_logging, weak=False)
     signals.worker_init.connect(before_fork, weak=False)
     signals.worker_process_init.connect(in_child, weak=False)
     signals.worker_process_shutdown.connect(child_exit, weak=False)

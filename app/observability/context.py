@@ -21,6 +21,7 @@ class Telemetry:
     task_limiter: CapacityLimiter
     backlog: Backlog
     include_pii: bool = False  # task arguments in spans: off, they hold emails and messages
+    access_log: bool = False  # a line per request (ACCESS_LOG)
 
 
 @dataclass(slots=True)

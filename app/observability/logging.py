@@ -1,15 +1,32 @@
-"""Structured logs: one JSON object per line on stderr, carrying the trace and span ids."""
+"""One log format for every process: a JSON object per line on stderr, with the trace and span ids.
+
+``logging_config`` is the one configuration, applied through each server's own hook: gunicorn's
+``logconfig_dict`` (deploy/gunicorn.conf.py; uvicorn-worker hands gunicorn's handlers on to
+uvicorn's loggers), and Celery's ``setup_logging`` signal (celery_tasks.py). Third-party loggers
+propagate to the root handler, so their lines and tracebacks come out in the same format.
+"""
 
 import json
 import logging
+import logging.config
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 from app.observability.tracing import current_ids
 
 LOGGER_NAME = "app"
-_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+ACCESS_LOGGER_NAME = "app.access"
+LogFormat = Literal["json", "text"]
+# uvicorn adds color_message, the message with terminal colour codes: not for a log pipeline.
+_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
+# gunicorn, uvicorn and Celery say at INFO when they boot, recycle and stop; LOG_LEVEL=DEBUG
+# is for the app's own lines (gunicorn's DEBUG dumps its whole configuration).
+_SERVER_LEVEL_FLOOR = logging.INFO
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS}
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,10 +38,21 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "message": record.getMessage(),
         }
-        line.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS)
+        line.update(_extras(record))
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """LOG_FORMAT=text, for a terminal: one line per record, extras as key=value, then any traceback."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        extras = " ".join(f"{key}={value}" for key, value in _extras(record).items())
+        return f"{super().formatMessage(record)} {extras}" if extras else super().formatMessage(record)
 
 
 class TraceIdsFilter(logging.Filter):
@@ -38,13 +66,51 @@ class TraceIdsFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> logging.Logger:
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.setLevel(level)
-    logger.propagate = False
-    if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler.addFilter(TraceIdsFilter())
-        logger.addHandler(handler)
-    return logger
+class TaskArgumentsFilter(logging.Filter):
+    """Celery puts a task's arguments (emails, messages) in its records' ``data``: not in a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("celery."):
+            record.__dict__.pop("data", None)
+        return True
+
+
+def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
+    """The dictConfig of every process: the app's loggers at LOG_LEVEL, the servers' at INFO or above."""
+    server_level = logging.getLevelName(max(logging.getLevelName(level), _SERVER_LEVEL_FLOOR))
+    formatter = JsonFormatter if log_format == "json" else TextFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"line": {"()": formatter}},
+        "filters": {"trace_ids": {"()": TraceIdsFilter}, "task_arguments": {"()": TaskArgumentsFilter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "line",
+                "filters": ["trace_ids", "task_arguments"],
+            }
+        },
+        "root": {"level": server_level, "handlers": ["stderr"]},
+        "loggers": {
+            LOGGER_NAME: {"level": level},
+            "gunicorn.error": {"level": server_level, "handlers": ["stderr"], "propagate": False},
+            # No handler, so uvicorn's access log (full path, query string included) stays off even
+            # though uvicorn-worker copies these handlers; ACCESS_LOG=true logs through app.access.
+            "gunicorn.access": {"handlers": [], "propagate": False},
+        },
+    }
+
+
+def configure_logging(level: str, log_format: LogFormat) -> None:
+    logging.config.dictConfig(logging_config(level, log_format))
+    logging.captureWarnings(True)  # a Python warning is a log line too, not raw text on stderr
+
+
+def exit_with(message: str) -> NoReturn:
+    """Stops a process that cannot start, saying why as a JSON line like every other one."""
+    record = logging.LogRecord(LOGGER_NAME, logging.CRITICAL, __file__, 0, message, None, None)
+    sys.stderr.write(JsonFormatter().format(record) + "\n")
+    sys.stderr.flush()
+    sys.exit(1)

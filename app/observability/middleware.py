@@ -1,29 +1,29 @@
-"""The request clock and the server span: both stop at the last body byte; lifetime at the last task's end.
+"""The request clock: response time to the last body byte, lifetime to the last task's end.
 
-The server span is made here rather than by opentelemetry-instrumentation-fastapi, whose
-middleware cost more CPU per request than any other part of the telemetry (bench/RESULTS.md)
-and put the full URL, query string and so emails included, in its attributes. This one reuses
-the route label and records what the dashboards and traces use: method, route, scheme and status.
+The server span is opentelemetry-instrumentation-fastapi's (instrumentation.py): this middleware
+runs inside it, reads the route template the instrumentation matched from the span, and matches
+the route itself only when there is no recording server span (tracing off, a request not sampled,
+or an excluded URL), so a request's route is matched once.
 """
 
-from collections.abc import Iterable
+import logging
 from time import perf_counter
 
 from fastapi.routing import RouteContext, iter_route_contexts
-from opentelemetry import propagate, trace
-from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.observability.context import RequestRecord, Telemetry, current_request
 from app.observability.errors import report_exception
+from app.observability.logging import ACCESS_LOGGER_NAME
 from app.observability.tracing import traceparent
 
 UNMATCHED = "unmatched"
-# Probes and scrapes would bury real traces: no spans for them (they still count in metrics).
-UNTRACED_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
 _BACKLOG_FULL = b'{"detail":"Too many background tasks are pending; retry later."}'
+_ACCESS = logging.getLogger(ACCESS_LOGGER_NAME)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
@@ -66,21 +66,6 @@ class RouteTemplates:
         return partial, False
 
 
-class _ScopeHeaders(Getter[Scope]):
-    """Reads propagation headers (traceparent, tracestate, baggage) straight from the ASGI scope."""
-
-    def get(self, carrier: Scope, key: str) -> list[str] | None:
-        name = key.encode("latin-1")
-        values = [value.decode("latin-1") for header, value in carrier["headers"] if header == name]
-        return values or None
-
-    def keys(self, carrier: Scope) -> Iterable[str]:  # type: ignore[override]
-        return [header.decode("latin-1") for header, _ in carrier["headers"]]
-
-
-_SCOPE_HEADERS = _ScopeHeaders()
-
-
 class RequestTelemetryMiddleware:
     def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
         self.app = app
@@ -93,10 +78,10 @@ class RequestTelemetryMiddleware:
             return
         started = perf_counter()
         metrics = self.telemetry.metrics
+        span = trace.get_current_span()
         # The label is fixed before the handler runs so the active-requests gauge can use it.
-        route = self.route_template(scope["app"].routes, scope)
+        route = self._route(scope, span)
         method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
-        span = self._server_span(scope, method, route)
         record = RequestRecord(telemetry=self.telemetry, route=route)
         token = current_request.set(record)
         active = metrics.active_requests.labels(method, route)
@@ -119,41 +104,36 @@ class RequestTelemetryMiddleware:
                 record.response_sent = now
                 active.dec()
                 metrics.request_duration.labels(method, route, str(status)).observe(now - started)
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-                span.end()
+                if self.telemetry.access_log:  # the route template, never the path or its query string
+                    _ACCESS.info(
+                        "%s %s %d",
+                        method,
+                        route,
+                        status,
+                        extra={"method": method, "route": route, "status": status, "duration_seconds": now - started},
+                    )
 
-        # The context stays attached until the tasks end, so their spans join the request's trace.
-        with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-            try:
-                if self.telemetry.backlog.rejects(route):
-                    metrics.tasks_rejected.labels(route).inc()
-                    await self._reject(send_and_time)
-                else:
-                    await self.app(scope, receive, send_and_time)
-            except Exception as exc:
-                span.record_exception(exc)
-                report_exception(exc, mechanism="asgi", tags={"route": route})
-                raise
-            finally:
-                now = perf_counter()
-                answered(now)
-                metrics.request_lifetime.labels(route).observe(now - started)
-                current_request.reset(token)
+        # The server span stays current until the tasks end, so their spans join the request's trace.
+        try:
+            if self.telemetry.backlog.rejects(route):
+                metrics.tasks_rejected.labels(route).inc()
+                await self._reject(send_and_time)
+            else:
+                await self.app(scope, receive, send_and_time)
+        except Exception as exc:
+            report_exception(exc, mechanism="asgi", tags={"route": route})
+            raise
+        finally:
+            now = perf_counter()
+            answered(now)
+            metrics.request_lifetime.labels(route).observe(now - started)
+            current_request.reset(token)
 
-    def _server_span(self, scope: Scope, method: str, route: str) -> trace.Span:
-        if route in UNTRACED_ROUTES:
-            return trace.INVALID_SPAN
-        attributes = {"http.request.method": method, "url.scheme": scope.get("scheme", "http")}
-        if route != UNMATCHED:
-            attributes["http.route"] = route
-        return self.telemetry.tracer.start_span(
-            f"{method} {route}" if route != UNMATCHED else method,
-            context=propagate.extract(scope, getter=_SCOPE_HEADERS),
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-        )
+    def _route(self, scope: Scope, span: trace.Span) -> str:
+        if isinstance(span, ReadableSpan) and span.kind is SpanKind.SERVER and span.is_recording():
+            attributes = span.attributes or {}
+            return str(attributes.get("http.route", UNMATCHED))
+        return self.route_template(scope["app"].routes, scope)
 
     async def _reject(self, send: Send) -> None:
         await send(

@@ -10,7 +10,8 @@ queue. Both hand it the task's span, name, route and start delay; it records the
 - the span's attributes, and on failure its ERROR status and exception,
 - one Sentry event per failure, tagged ``background_task`` and ``route``, with the trace id, and
   grouped into one Sentry issue per (task, exception class),
-- one log line: INFO on success, ERROR with the traceback on failure.
+- one log line: DEBUG on success (it is a metric sample and a span already), ERROR with the
+  traceback on failure.
 """
 
 import logging
@@ -78,7 +79,7 @@ def observed_task(
     if telemetry.include_pii:
         attributes["background_task.arguments"] = repr(arguments)[:_MAX_ARGUMENTS_REPR]
     span.set_attributes(attributes)
-    outcome, level, exc_info, exception = "success", logging.INFO, None, ""
+    outcome, level, exc_info, exception = "success", logging.DEBUG, None, ""
     started = perf_counter()
     try:
         yield

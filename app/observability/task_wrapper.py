@@ -37,10 +37,13 @@ def task_name(func: Callable[..., Any]) -> str:
 
 
 def install_task_wrapper() -> None:
-    """Idempotent. Another instrumentation patching the same methods (opentelemetry-instrumentation-
-    fastapi does) must run before it, or each task would get two spans."""
+    """Idempotent, and the only wrapper in any order. opentelemetry-instrumentation-fastapi wraps
+    ``BackgroundTask.__call__`` in a span of its own unless ``_otel_original_call`` is set: set here,
+    it stops a later instrumentation from wrapping, and ``uninstrument_app`` restores this wrapper.
+    Installed after the instrumentation, it replaces the instrumentation's wrapper."""
     for cls in _PATCHED:
         cls.__call__ = _observed_call  # type: ignore[method-assign]
+    BackgroundTask._otel_original_call = _observed_call  # type: ignore[attr-defined]
 
 
 async def _observed_call(self: BackgroundTask) -> None:

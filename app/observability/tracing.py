@@ -48,15 +48,59 @@ def make_tracer_provider(settings: Settings) -> TracerProvider:
     return TracerProvider(resource=resource, sampler=_sampler(settings))
 
 
+# What a span may carry to the exporter, unless TELEMETRY_INCLUDE_PII: the instrumentations also
+# record the query string (emails), the client's address, the user agent and the host.
+_ALLOWED_ATTRIBUTES = frozenset(
+    {
+        "http.request.method",
+        "http.response.status_code",
+        "http.route",
+        "url.scheme",
+        "network.protocol.version",
+        "error.type",
+    }
+)
+_ALLOWED_PREFIXES = ("background_task.", "celery.", "messaging.")
+
+
+def _allowed(key: str) -> bool:
+    return key in _ALLOWED_ATTRIBUTES or key.startswith(_ALLOWED_PREFIXES)
+
+
+def allowed_attributes_only(span: ReadableSpan) -> ReadableSpan:
+    """The span as exported: the same, or a copy without the attributes not allowed above."""
+    attributes = span.attributes or {}
+    if all(_allowed(key) for key in attributes):
+        return span
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes={key: value for key, value in attributes.items() if _allowed(key)},
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
 class _CountingExporter(SpanExporter):
-    def __init__(self, inner: SpanExporter, metrics: Metrics) -> None:
+    """Counts every span by what became of it; on the batch processor's thread, off the request path,
+    it also drops the attributes that are not allowed."""
+
+    def __init__(self, inner: SpanExporter, metrics: Metrics, *, include_pii: bool) -> None:
         self._inner = inner
         self._exported = metrics.spans_exported
+        self._include_pii = include_pii
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         result = SpanExportResult.FAILURE
         try:
-            result = self._inner.export(spans)
+            result = self._inner.export(spans if self._include_pii else [allowed_attributes_only(s) for s in spans])
         finally:
             self._exported.labels("success" if result is SpanExportResult.SUCCESS else "failure").inc(len(spans))
         return result
@@ -92,10 +136,16 @@ def start_export(provider: TracerProvider, settings: Settings, metrics: Metrics)
         return
     endpoint = str(settings.otel_exporter_otlp_endpoint).rstrip("/") + "/v1/traces"
     processor_logger = logging.getLogger(_BATCH_PROCESSOR_LOGGER)
+    for stale in [f for f in processor_logger.filters if isinstance(f, _DropCounter)]:
+        processor_logger.removeFilter(stale)  # an earlier app's, in this process: it would count instead
     processor_logger.addFilter(_DropCounter(metrics))
     # Its "Shutdown called" line is INFO: below the default WARNING, the filter would never see it.
     processor_logger.setLevel(min(processor_logger.getEffectiveLevel(), logging.INFO))
-    provider.add_span_processor(BatchSpanProcessor(_CountingExporter(OTLPSpanExporter(endpoint=endpoint), metrics)))
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            _CountingExporter(OTLPSpanExporter(endpoint=endpoint), metrics, include_pii=settings.telemetry_include_pii)
+        )
+    )
 
 
 def traceparent(span: trace.Span) -> bytes | None:
