@@ -49,7 +49,7 @@ services:
 demo:
 	$(PYTHON) deploy/demo.py
 
-# What observability costs, as ratios to bare FastAPI in one run (about 6 minutes): rewrites
+# What observability costs, as ratios to bare FastAPI and its peers in one run (about 10 minutes): rewrites
 # bench/results.json and bench/RESULTS.md. BENCH_ROUNDS and BENCH_SECONDS shorten it.
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.run
