@@ -17,6 +17,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PORT=8000 \
     LOG_FILE=/data/background-tasks.log \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus-multiproc \
+    OTEL_SEMCONV_STABILITY_OPT_IN=http \
     REMAP_SIGTERM=SIGQUIT
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app \
     && mkdir -p /data \

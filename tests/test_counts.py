@@ -1,7 +1,6 @@
 """Exact counts across workers, on a service started with the defaults (no Sentry, no OTLP)."""
 
 import itertools
-import json
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ROOT, TOKEN, Gunicorn, started, wait_for
+from tests.support import ROOT, TOKEN, Gunicorn, log_lines, started, wait_for
 
 ROUNDS = 60  # per endpoint and batch: 240 requests per batch
 ENDPOINTS = {  # route: (task, request parameters for the i-th call)
@@ -103,7 +102,7 @@ def test_defaults_run_quietly(server: Gunicorn) -> None:
     """No DSN, no OTLP endpoint: nothing fails and nothing complains above INFO."""
     stderr = server.stderr()
     assert "Traceback" not in stderr
-    lines = [json.loads(line) for line in stderr.splitlines()]
+    lines = log_lines(stderr)
     assert [line for line in lines if line["level"] not in {"INFO", "DEBUG"}] == []
     with httpx.Client(base_url=server.url) as client:
         response = client.post("/log/", params={"msg": "quiet"})

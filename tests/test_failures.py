@@ -3,7 +3,7 @@
 import json
 import uuid
 
-from tests.support import TOKEN, Stack, trace_id_of, wait_for
+from tests.support import TOKEN, Stack, log_lines, trace_id_of, wait_for
 
 SERVER, ERROR = 2, 2  # OTLP SpanKind.SERVER and StatusCode.ERROR
 
@@ -91,7 +91,7 @@ def test_nothing_private_reaches_sentry_and_nothing_reaches_the_asgi_error_path(
     for private in ("private.person@example.org", "buyer@example.com", secret_message, TOKEN):
         assert private.encode() not in received
     # The servers' own lines (uvicorn's tracebacks) are for the server's errors: no task may appear there.
-    lines = [json.loads(line) for line in stack.server.stderr().splitlines()]
+    lines = log_lines(stack.server.stderr())
     server_output = [json.dumps(line) for line in lines if line["logger"] != "app"]
     assert not [line for line in server_output if "charge_card" in line or "reserve_stock" in line]
     metrics = stack.server.metrics()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import ROOT, TOKEN, free_port, wait_for
+from tests.support import ROOT, TOKEN, app_lines, free_port, wait_for
 
 pytestmark = pytest.mark.container
 
@@ -58,7 +58,7 @@ def _healthy(url: str) -> bool:
 def _app_logs() -> list[dict[str, object]]:
     logs = _docker("logs", CONTAINER)
     output = logs.stderr + logs.stdout
-    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return app_lines(output)
 
 
 def test_the_image_runs_as_a_non_root_user(service: str) -> None:

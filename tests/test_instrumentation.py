@@ -115,14 +115,20 @@ def test_after_uninstrument_app_the_wrapper_stays_and_the_server_span_goes(tmp_p
     assert [s.name for s in spans["all"]] == ["BackgroundTask write_log"] * 2  # one per request
 
 
-def test_under_opentelemetry_instrument_nothing_is_instrumented_twice(tmp_path: Path) -> None:
-    """The zero-code run: the app it instrumented with its defaults is instrumented with ours."""
+STABLE = {"http.request.method": "POST", "url.scheme": "http", "network.protocol.version": "1.1"}
+OLD = {"http.method": "POST", "http.scheme": "http", "http.flavor": "1.1"}
+
+
+@pytest.mark.parametrize(("opt_in", "expected"), [("http", STABLE), (None, OLD)], ids=["stable", "old-conventions"])
+def test_under_opentelemetry_instrument_nothing_is_instrumented_twice(
+    tmp_path: Path, opt_in: str | None, expected: dict[str, str]
+) -> None:
+    """The zero-code run: the app it instrumented with its defaults is instrumented with ours. Its
+    instrumentation fixes the conventions before the app exists: the image sets the opt-in; without
+    it the old names come, and still no query string."""
     otlp = OtlpReceiver()
-    server = Gunicorn(
-        tmp_path,
-        env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "EMAIL_SEND_SECONDS": "0"},
-        workers=1,
-    )
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "EMAIL_SEND_SECONDS": "0"}
+    server = Gunicorn(tmp_path, env=env | ({"OTEL_SEMCONV_STABILITY_OPT_IN": opt_in} if opt_in else {}), workers=1)
     instrument = shutil.which("opentelemetry-instrument", path=str(Path(sys.executable).parent))
     assert instrument is not None
     server.args = [instrument, *server.args]
@@ -144,4 +150,5 @@ def test_under_opentelemetry_instrument_nothing_is_instrumented_twice(tmp_path: 
     for spans, (path, task) in zip(traced, [("/log/", "write_log"), ("/send-mail/", "send_email")], strict=True):
         assert sorted(s.name for s in spans) == sorted([f"POST {path}", f"BackgroundTask {task}"])
         (server_span,) = [s for s in spans if s.kind == SERVER]
-        assert "url.query" not in server_span.attributes
+        status = "http.response.status_code" if opt_in else "http.status_code"
+        assert server_span.attributes == expected | {"http.route": path, status: 200}  # only the allowed ones

@@ -1,33 +1,16 @@
 """One log format for every process: each line gunicorn, uvicorn, the app and Celery write is JSON."""
 
-import json
 import os
 import re
 import signal
 import socket
 from pathlib import Path
-from typing import Any
 
 from app.worker import INVALID_REQUEST
-from tests.support import TOKEN, CeleryWorker, Gunicorn, RedisServer, wait_for
+from tests.support import TOKEN, CeleryWorker, Gunicorn, RedisServer, log_lines, wait_for
 
-KEYS = {"time", "level", "logger", "pid", "message"}
 SECRET = "secret-in-a-malformed-request"
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def json_lines(output: str) -> list[dict[str, Any]]:
-    """Every line as a JSON object with the common keys; fails on the first line that is not."""
-    lines = []
-    for number, line in enumerate(output.splitlines(), 1):
-        try:
-            parsed = json.loads(line)
-        except json.JSONDecodeError:
-            raise AssertionError(f"line {number} is not JSON: {line!r}") from None
-        assert isinstance(parsed, dict), line
-        assert parsed.keys() >= KEYS, line
-        lines.append(parsed)
-    return lines
 
 
 def malformed_request(port: int) -> tuple[bytes, str]:
@@ -71,7 +54,7 @@ def test_every_line_of_gunicorn_uvicorn_and_the_app_is_one_json_object(tmp_path:
     assert failed.status_code == 200
     assert refused.startswith(b"HTTP/1.1 400 ")
     output = server.stderr()
-    lines = json_lines(output)
+    lines = log_lines(output)
     messages = [line["message"] for line in lines]
     for expected in (
         "Starting gunicorn",
@@ -111,7 +94,7 @@ def test_access_log_when_switched_on_has_the_route_status_and_duration_but_no_qu
         server.stop()
     assert (response.status_code, missing.status_code) == (200, 404)
     output = server.stderr()
-    access = [line for line in json_lines(output) if line["logger"] == "app.access"]
+    access = [line for line in log_lines(output) if line["logger"] == "app.access"]
     assert [(line["message"], line["method"], line["route"], line["status"]) for line in access] == [
         ("POST /log/ 200", "POST", "/log/", 200),
         ("GET unmatched 404", "GET", "unmatched", 404),
@@ -158,7 +141,7 @@ def test_every_line_of_the_celery_worker_and_its_children_is_one_json_object(tmp
         web.stop()
         redis.stop()
     assert [response.status_code for response in sent] == [200, 200, 200]
-    lines = json_lines(worker.stderr())
+    lines = log_lines(worker.stderr())
     failures = [line for line in lines if line["logger"] == "app" and line["level"] == "ERROR"]
     assert len(failures) == 3
     assert len({line["pid"] for line in failures}) == 3, "each in a new child"

@@ -154,16 +154,16 @@ def install(app: Celery, settings: Settings) -> None:
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     logger = logging.getLogger(LOGGER_NAME)
 
-    def setup_logging(**_: Any) -> None:
-        configure_logging(settings.log_level, settings.log_format)
-        if settings.log_format == "json":
-            celery_worker.safe_say = _say_as_json
-
     def before_worker_init(instance: Any = None, **_: Any) -> None:
         # The first hook of `celery worker`, before its privilege check warns: from here on, lines
         # are in our format. No banner: it is printed, not logged; the "ready" line says the same.
-        setup_logging()
+        configure_logging(settings.log_level, settings.log_format)
+        if settings.log_format == "json":
+            celery_worker.safe_say = _say_as_json
         instance.quiet = True
+
+    def keep_our_logging(**_: Any) -> None:
+        pass  # connected, it stops Celery's own setup (and its --loglevel) in the worker and its children
 
     def before_fork(**_: Any) -> None:
         multiprocess.wipe(directory)
@@ -207,8 +207,7 @@ def install(app: Celery, settings: Settings) -> None:
         dropped(message, name, "unregistered")
 
     signals.celeryd_init.connect(before_worker_init, weak=False)
-    # Connected, this signal replaces Celery's own logging setup (and its --loglevel).
-    signals.setup_logging.connect(setup_logging, weak=False)
+    signals.setup_logging.connect(keep_our_logging, weak=False)
     signals.worker_init.connect(before_fork, weak=False)
     signals.worker_process_init.connect(in_child, weak=False)
     signals.worker_process_shutdown.connect(child_exit, weak=False)

@@ -24,6 +24,8 @@ UNTRACED_URLS = "/metrics$,/healthz$,/readyz$"
 
 
 def instrument_app(app: FastAPI, tracer_provider: TracerProvider) -> None:
+    # Read once per process, when the first instrumentation is installed: under opentelemetry-instrument
+    # that is before the app exists, so only the environment can set it (the image does).
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     if getattr(app, "_is_instrumented_by_opentelemetry", False):
         FastAPIInstrumentor.uninstrument_app(app)

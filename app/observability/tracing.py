@@ -58,6 +58,13 @@ _ALLOWED_ATTRIBUTES = frozenset(
         "url.scheme",
         "network.protocol.version",
         "error.type",
+        # The same under the old conventions, which a process gets when an instrumentation was
+        # installed before OTEL_SEMCONV_STABILITY_OPT_IN=http could be read (http.url and
+        # http.target, with the query string, stay out).
+        "http.method",
+        "http.status_code",
+        "http.scheme",
+        "http.flavor",
     }
 )
 _ALLOWED_PREFIXES = ("background_task.", "celery.", "messaging.")
