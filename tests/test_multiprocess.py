@@ -1,6 +1,7 @@
 """Folding dead workers' metric files together, in process, on the real file format."""
 
 import threading
+import time
 from pathlib import Path
 
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
@@ -55,15 +56,25 @@ def test_no_scrape_double_counts_or_misses_a_worker_while_merging(tmp_path: Path
         while not done.is_set():
             seen.append(_scrape(tmp_path).get_value("jobs_total"))
 
+    def let_a_scrape_finish() -> None:
+        # The scraper may get too little of the GIL on a busy machine to overlap the merges
+        # at all; waiting here for one scrape every 50 merges makes the overlap certain.
+        before = len(seen)
+        deadline = time.monotonic() + 10
+        while len(seen) == before and time.monotonic() < deadline:
+            time.sleep(0.001)
+
     scraper = threading.Thread(target=scrape_continuously)
     scraper.start()
     try:
         for pid in range(1000, 1300):
+            if pid % 50 == 0:
+                let_a_scrape_finish()
             merge_dead_worker(str(tmp_path), pid)
     finally:
         done.set()
         scraper.join()
-    assert len(seen) >= 5
+    assert len(seen) >= 6
     assert set(seen) == {300.0}
 
 

@@ -220,7 +220,7 @@ def test_queue_wait_is_the_start_delay_and_never_the_response_time(queue: Queue)
     time.sleep(max(0.0, 2.0 - (time.perf_counter() - began)))
     queue.start_worker()
     _web, worker = settled(queue, web_before, worker_before, len(emails))
-    assert max(timings) < 0.1
+    assert max(timings) < 1.0  # a response that waited for the stopped worker would take 2 s or more
     assert worker.get_value("background_task_start_delay_seconds_count", **TASK) == len(emails)
     assert worker.get_value("background_task_start_delay_seconds_bucket", le="1.0", **TASK) == 0
     assert worker.get_value("background_task_start_delay_seconds_sum", **TASK) >= 2.0 * len(emails)

@@ -1,4 +1,9 @@
-"""/metrics stays fast and exact however many workers have come and gone."""
+"""/metrics stays exact, and its files few, however many workers have come and gone.
+
+How fast the scrape stays is measured by `make bench` (scrape_ratio_500_vs_0), not here: a timing
+compared within a test fails on a busy machine, not on a slow scrape. What keeps it fast is
+asserted: dead workers' files are merged, so the files a scrape reads do not grow with recycles.
+"""
 
 import os
 import signal
@@ -22,12 +27,11 @@ def _traffic(server: Gunicorn, first: int, count: int) -> int:
     return sent
 
 
-def test_scrapes_after_500_recycled_workers_are_fast_and_exact(tmp_path: Path) -> None:
+def test_scrapes_after_500_recycled_workers_are_exact_and_read_few_files(tmp_path: Path) -> None:
     # --preload only makes each of the 500 worker boots cheap; merging does not depend on it.
     env = {"API_TOKEN": TOKEN, "EMAIL_SEND_SECONDS": "0"}
     for server in started(Gunicorn(tmp_path, env=env, workers=WORKERS, options=("--preload",))):
         sent = _traffic(server, 0, 4 * WORKERS)
-        fresh = server.median_scrape_seconds(40)
         recycled_workers = 0
         while recycled_workers < RECYCLES:
             sent = _traffic(server, sent, 2 * WORKERS)  # so the workers about to go leave files behind
@@ -40,12 +44,9 @@ def test_scrapes_after_500_recycled_workers_are_fast_and_exact(tmp_path: Path) -
                 what="the replacements",
             )
         sent = _traffic(server, sent, 4 * WORKERS)  # the live workers' files as in the fresh state
-        recycled = server.median_scrape_seconds(40)
         files = sorted(p.name for p in server.multiproc_dir.glob("*.db"))
         metrics = server.wait_for_metrics(lambda m: m.get_value("background_tasks_pending") == 0, "every task")
 
-    print(f"median /metrics: fresh {fresh * 1000:.2f} ms, after {recycled_workers} recycles {recycled * 1000:.2f} ms")
-    assert recycled <= 1.5 * fresh
     assert "counter_merged.db" in files
     assert len(files) <= 2 + 3 * WORKERS, files  # merged counters and histograms, and the live workers'
     for i, route in enumerate(ROUTES):
