@@ -80,7 +80,9 @@ class Scheduler:
             raise
         # Counted once the broker holds it, even if the request gave up waiting: the task will run.
         self._metrics.tasks_scheduled.labels(name, route).inc()
-        if (name, route) not in self._known:  # exported at zero: the first failure is an increase
+        # From its first enqueue on, a (task, route) is exported at zero, so a failure after it is
+        # an increase; one that fails from the start shows in the 503s of the request metrics.
+        if (name, route) not in self._known:
             self._known.add((name, route))
             self._metrics.enqueue_failures.labels(name, route)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 # The wrapper benchmark's metrics must be multiprocess ones, as in a worker: prometheus_client
 # picks its storage when first imported.
@@ -32,8 +33,6 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench
 
 from anyio import CapacityLimiter
 from fastapi import FastAPI
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NoOpTracer
 from starlette.background import BackgroundTask
@@ -42,6 +41,7 @@ from app.main import create_app
 from app.observability.backlog import Backlog
 from app.observability.context import RequestRecord, Telemetry
 from app.observability.errors import start_sentry
+from app.observability.instrumentation import instrument_app
 from app.observability.logging import LOGGER_NAME, configure_logging
 from app.observability.metrics import Metrics
 from app.observability.task_wrapper import _run_batch
@@ -213,13 +213,8 @@ def _request_cpu_us(variant: str, log_file: str, requests: int) -> float:
     app: FastAPI
     if variant in ("bare", "instrumentation_alone"):
         app = bare_app.create()
-        if variant == "instrumentation_alone":  # configured as the template configures it
-            FastAPIInstrumentor.instrument_app(
-                app,
-                tracer_provider=TracerProvider(),
-                meter_provider=NoOpMeterProvider(),
-                exclude_spans=["receive", "send"],
-            )
+        if variant == "instrumentation_alone":
+            instrument_app(app, TracerProvider())  # the template's own configuration of it
     else:
         app = create_app(Settings(otel_sdk_disabled=variant == "template_metrics_only"))
     scope = post_scope("/log/", b"msg=bench")
@@ -271,11 +266,8 @@ def wrapper_cost(otlp_endpoint: str, sentry_dsn: str, tasks: int = 5_000, repeat
     metrics = Metrics()
     settings = Settings(otel_exporter_otlp_endpoint=otlp_endpoint)
     sdk = make_tracer_provider(settings)
-    os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = str(tasks)  # read once, by the processor start_export makes
-    try:
+    with mock.patch.dict(os.environ, {"OTEL_BSP_MAX_QUEUE_SIZE": str(tasks)}):  # read by the processor it makes
         start_export(sdk, settings, metrics)
-    finally:
-        del os.environ["OTEL_BSP_MAX_QUEUE_SIZE"]
     start_sentry(Settings(sentry_dsn=sentry_dsn), metrics)
     configure_logging("INFO", "json")
     logging.getLogger().handlers[0].setStream(open(os.devnull, "w"))  # type: ignore[attr-defined]  # noqa: SIM115

@@ -558,6 +558,7 @@ class CeleryWorker:
     def __init__(self, workdir: Path, env: dict[str, str], concurrency: int = 2) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
+        self.concurrency = concurrency
         self.metrics_port = free_port()
         self.multiproc_dir = workdir / "prometheus"
         self.multiproc_dir.mkdir(exist_ok=True)
@@ -591,7 +592,7 @@ class CeleryWorker:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"celery exited with {self.process.returncode}:\n{self.stderr()}")
-        if len(self.child_pids()) < 2 or " ready." not in self.stderr():
+        if len(self.child_pids()) < self.concurrency or " ready." not in self.stderr():
             return False
         try:
             return httpx.get(self.metrics_url, timeout=2).status_code == 200
