@@ -9,6 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
@@ -107,17 +110,25 @@ def test_a_monitor_window_in_minutes_is_refused() -> None:
 
 
 class SentryApi:
-    """Answers the alerting API as Sentry does for one org and project, and records every call."""
+    """Answers the alerting API as Sentry's API reference documents it, for one org with two projects,
+    and records every call: monitors and alerts under the organization, every list paginated with a
+    Link header and a cursor, and a 404 for the project-level detectors path of older Sentry versions."""
+
+    PER_PAGE = 100  # Sentry's default page size
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, dict[str, str], Any]] = []
-        self.detectors: dict[str, dict[str, Any]] = {"7": {"id": "7", "name": "Issue Stream", "type": "issue_stream"}}
+        self.detectors: dict[str, dict[str, Any]] = {
+            # Another project's issue stream, listed first when a list is not filtered by project.
+            "6": {"id": "6", "projectId": "43", "name": "Issue Stream", "type": "issue_stream"},
+            "7": {"id": "7", "projectId": "42", "name": "Issue Stream", "type": "issue_stream"},
+        }
         self.workflows: dict[str, dict[str, Any]] = {
             "3": {"id": "3", "name": "Someone else's alert", "detectorIds": ["7"]}
         }
         self.teams = [{"id": "5", "slug": "backend"}, {"id": "6", "slug": "frontend"}]
         self.lock = threading.Lock()
-        self._ids = iter(range(100, 10_000))
+        self._ids = iter(range(1_000, 100_000))
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -143,54 +154,87 @@ class SentryApi:
     def writes(self) -> list[tuple[str, str]]:
         return [(method, path) for method, path, _, _ in self.calls if method != "GET"]
 
+    def add_workflows(self, count: int) -> None:
+        """Other teams' alerts, older than ours, so that ours land on a later page."""
+        for _ in range(count):
+            workflow_id = str(next(self._ids))
+            self.workflows[workflow_id] = {"id": workflow_id, "name": f"Team alert {workflow_id}", "detectorIds": ["6"]}
+
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         length = int(request.headers.get("Content-Length", 0))
         body = json.loads(request.rfile.read(length)) if length else None
         headers = {k.lower(): v for k, v in request.headers.items()}
+        url = urllib.parse.urlsplit(request.path)
+        query = urllib.parse.parse_qs(url.query)
         with self.lock:
             self.calls.append((request.command, request.path, headers, body))
-            status, reply = self._route(request.command, request.path, headers, body)
+            status, reply, link = self._route(request.command, url.path, query, headers, body)
         data = json.dumps(reply).encode()
         request.send_response(status)
         request.send_header("Content-Type", "application/json")
         request.send_header("Content-Length", str(len(data)))
+        if link:
+            request.send_header("Link", link)
         request.end_headers()
         request.wfile.write(data)
 
-    def _route(self, method: str, path: str, headers: dict[str, str], body: Any) -> tuple[int, Any]:
+    def _route(  # noqa: PLR0911 - one return per documented endpoint
+        self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: Any
+    ) -> tuple[int, Any, str]:
         if headers.get("authorization") != f"Bearer {TOKEN}":
-            return 401, {"detail": "Invalid token"}
-        routes: dict[tuple[str, str], Any] = {
-            ("GET", f"/api/0/projects/{ORG}/{PROJECT}/"): lambda: (200, {"id": "42", "slug": PROJECT}),
-            ("GET", f"/api/0/projects/{ORG}/{PROJECT}/detectors/"): lambda: (200, list(self.detectors.values())),
-            ("POST", f"/api/0/projects/{ORG}/{PROJECT}/detectors/"): lambda: self._create(self.detectors, body),
-            ("GET", f"/api/0/organizations/{ORG}/workflows/"): lambda: (200, list(self.workflows.values())),
-            ("POST", f"/api/0/organizations/{ORG}/workflows/"): lambda: self._create(self.workflows, body),
-            ("GET", f"/api/0/organizations/{ORG}/teams/"): lambda: (200, self.teams),
+            return 401, {"detail": "Invalid token"}, ""
+        org = f"/api/0/organizations/{ORG}"
+        lists: dict[str, Any] = {
+            f"{org}/detectors/": lambda: [
+                d for d in self.detectors.values() if "project" not in query or d["projectId"] in query["project"]
+            ],
+            f"{org}/workflows/": lambda: list(self.workflows.values()),
+            f"{org}/teams/": lambda: self.teams,
         }
-        if (method, path) in routes:
-            result: tuple[int, Any] = routes[(method, path)]()
-            return result
-        for prefix, store in (
-            (f"/api/0/organizations/{ORG}/detectors/", self.detectors),
-            (f"/api/0/organizations/{ORG}/workflows/", self.workflows),
-        ):
+        if method == "GET" and path == f"/api/0/projects/{ORG}/{PROJECT}/":
+            return 200, {"id": "42", "slug": PROJECT}, ""
+        if method == "GET" and path in lists:
+            return self._page(path, lists[path](), query)
+        if method == "POST" and path == f"{org}/detectors/":
+            if body.get("projectId") not in {"42", "43"}:
+                return 400, {"projectId": ["Project not found"]}, ""
+            return self._create(self.detectors, body)
+        if method == "POST" and path == f"{org}/workflows/":
+            return self._create(self.workflows, body)
+        for prefix, store in ((f"{org}/detectors/", self.detectors), (f"{org}/workflows/", self.workflows)):
             object_id = path.removeprefix(prefix).rstrip("/")
             if method == "PUT" and path.startswith(prefix) and object_id in store:
                 errors = _errors(body)
                 if errors:
-                    return 400, {"detail": errors}
+                    return 400, {"detail": errors}, ""
                 store[object_id] = {**copy.deepcopy(body), "id": object_id}
-                return 200, store[object_id]
-        return 404, {"detail": "The requested resource does not exist"}
+                return 200, store[object_id], ""
+        return 404, {"detail": "The requested resource does not exist"}, ""
 
-    def _create(self, store: dict[str, dict[str, Any]], body: Any) -> tuple[int, Any]:
+    def _page(self, path: str, items: list[Any], query: dict[str, list[str]]) -> tuple[int, Any, str]:
+        """One page, in id order, and Sentry's Link header: previous and next, each with results and cursor."""
+        offset = int(query.get("cursor", ["0:0:0"])[0].split(":")[1])
+        items = sorted(items, key=lambda item: int(item["id"]))
+        page = items[offset : offset + self.PER_PAGE]
+        previous, following = max(offset - self.PER_PAGE, 0), offset + self.PER_PAGE
+
+        def link(rel: str, cursor: str, results: bool) -> str:
+            url = f"{self.url.rstrip('/')}{path}?&cursor={cursor}"
+            return f'<{url}>; rel="{rel}"; results="{str(results).lower()}"; cursor="{cursor}"'
+
+        links = [
+            link("previous", f"0:{previous}:1", offset > 0),
+            link("next", f"0:{following}:0", following < len(items)),
+        ]
+        return 200, page, ", ".join(links)
+
+    def _create(self, store: dict[str, dict[str, Any]], body: Any) -> tuple[int, Any, str]:
         errors = _errors(body)
         if errors:
-            return 400, {"detail": errors}
+            return 400, {"detail": errors}, ""
         object_id = str(next(self._ids))
         store[object_id] = {**copy.deepcopy(body), "id": object_id}
-        return 201, store[object_id]
+        return 201, store[object_id], ""
 
 
 @pytest.fixture
@@ -221,8 +265,7 @@ def test_apply_creates_everything_then_changes_nothing_then_one_put_per_change(a
     first = _apply(api)
     assert first.returncode == 0, first.stderr
     assert sorted(api.writes()) == sorted(
-        [("POST", f"/api/0/projects/{ORG}/{PROJECT}/detectors/")]
-        + [("POST", f"/api/0/organizations/{ORG}/workflows/")] * 3
+        [("POST", f"/api/0/organizations/{ORG}/detectors/")] + [("POST", f"/api/0/organizations/{ORG}/workflows/")] * 3
     )
     monitor = next(d for d in api.detectors.values() if d["name"].startswith("[background-tasks]"))
     assert monitor["projectId"] == "42"
@@ -233,6 +276,7 @@ def test_apply_creates_everything_then_changes_nothing_then_one_put_per_change(a
     for _method, _path, headers, _body in api.calls:
         assert headers["authorization"] == f"Bearer {TOKEN}"
     assert not any("/rules/" in path or "/alert-rules/" in path for _, path, _, _ in api.calls)
+    assert not any(path.startswith("/api/0/projects/") and "/detectors/" in path for _, path, _, _ in api.calls)
 
     written = len(api.writes())
     second = _apply(api)
@@ -246,6 +290,57 @@ def test_apply_creates_everything_then_changes_nothing_then_one_put_per_change(a
     failing_often = by_name["[background-tasks] One background task is failing often"]
     assert put == ("PUT", f"/api/0/organizations/{ORG}/workflows/{failing_often['id']}/")
     assert api.workflows[failing_often["id"]]["actionFilters"][0]["conditions"][1]["comparison"]["value"] == 200
+
+
+def test_every_page_is_read_so_a_large_organization_gets_no_second_copy(api: SentryApi) -> None:
+    api.add_workflows(150)  # other teams' alerts, on other projects: ours land on the second page
+    # Same name as one of ours, but on another project's monitor: that project's, not ours.
+    api.workflows["999"] = {
+        "id": "999",
+        "name": "[background-tasks] A background task fails in a new way, or again",
+        "detectorIds": ["6"],
+    }
+    before = copy.deepcopy(api.workflows)
+    first = _apply(api)
+    assert first.returncode == 0, first.stderr
+    assert len(api.writes()) == 4
+    assert all(api.workflows[key] == value for key, value in before.items())  # nothing of theirs touched
+    assert len(api.workflows) == len(before) + 3
+
+    start = len(api.calls)
+    second = _apply(api)
+    assert second.returncode == 0, second.stderr
+    assert len(api.writes()) == 4
+    assert "0 changed" in second.stdout
+    pages = [path for method, path, _, _ in api.calls[start:] if method == "GET" and "/workflows/" in path]
+    assert pages == [
+        f"/api/0/organizations/{ORG}/workflows/",
+        f"/api/0/organizations/{ORG}/workflows/?cursor=0%3A100%3A0",
+    ]
+    detectors = [path for method, path, _, _ in api.calls[start:] if method == "GET" and "/detectors/" in path]
+    assert detectors == [f"/api/0/organizations/{ORG}/detectors/?project=42"]
+
+
+def test_a_duplicate_of_ours_is_named_and_left_alone(api: SentryApi) -> None:
+    assert _apply(api).returncode == 0
+    mine = next(w for w in api.workflows.values() if w["name"].endswith("fails in a new way, or again"))
+    api.workflows["99999"] = {**copy.deepcopy(mine), "id": "99999"}
+    written = len(api.writes())
+    again = _apply(api)
+    assert again.returncode == 0, again.stderr
+    assert len(api.writes()) == written
+    assert f"duplicate  {mine['name']}: id 99999 is not managed; {mine['id']} is (delete the other)" in again.stdout
+
+
+def test_the_stand_in_refuses_the_project_level_monitor_path(api: SentryApi) -> None:
+    """Sentry's current URL configuration has no /projects/{org}/{project}/detectors/: a client on it fails here."""
+    request = urllib.request.Request(
+        f"{api.url}api/0/projects/{ORG}/{PROJECT}/detectors/", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    refused.value.close()
+    assert refused.value.code == 404
 
 
 def test_dry_run_prints_the_bodies_and_sends_nothing(api: SentryApi) -> None:

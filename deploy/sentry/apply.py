@@ -1,10 +1,12 @@
 """make sentry-alerts: create or update the Sentry alerts and monitors of deploy/sentry/.
 
-Sentry's current alerting API (the workflow engine):
-- monitors (detectors): listed and created at /api/0/projects/{org}/{project}/detectors/, updated
-  at /api/0/organizations/{org}/detectors/{id}/;
+Sentry's current alerting API (the workflow engine, "Monitors & Alerts" in its API reference):
+- monitors (detectors): listed at /api/0/organizations/{org}/detectors/?project={id}, created there
+  with the projectId in the body, updated at /api/0/organizations/{org}/detectors/{id}/;
 - alerts (workflows): /api/0/organizations/{org}/workflows/ and .../workflows/{id}/.
-The deprecated .../rules/ and .../alert-rules/ endpoints are never called.
+Every list is read to its last page: Sentry pages them with a Link header and a cursor, and an alert
+made by an earlier run may sit on any page. The deprecated .../rules/ and .../alert-rules/
+endpoints are never called.
 
 What it manages is what carries the name prefix "[background-tasks] ": a definition with no such
 object is created, one that differs is updated (PUT), one that matches is left alone, so a second
@@ -27,14 +29,19 @@ import os
 import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "[background-tasks] "
 _PLACEHOLDER = re.compile(r"^\{\{(.+)\}\}$")
+# One link of Sentry's Link header: <url>; rel="next"; results="true"; cursor="0:100:0"
+_LINK = re.compile(r'<[^>]*>;\s*rel="(?P<rel>[^"]+)";\s*results="(?P<results>[^"]+)";\s*cursor="(?P<cursor>[^"]+)"')
+# A guard against a server that hands back the same cursor for ever, far above any real organization.
+_MAX_PAGES = 1000
 
 
 class ApplyError(Exception):
@@ -47,6 +54,25 @@ class Sentry:
         self._token = token
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
+        return self._send(method, path, body)[0]
+
+    def list(self, path: str, **params: str) -> list[Any]:
+        """Every item of a paginated list: follows the Link header's next cursor until its results="false"."""
+        items: list[Any] = []
+        cursor = None
+        for _page in range(_MAX_PAGES):
+            query = urllib.parse.urlencode({**params, **({"cursor": cursor} if cursor else {})})
+            page, link = self._send("GET", f"{path}?{query}" if query else path)
+            items.extend(page)
+            following = {m["rel"]: m for m in _LINK.finditer(link)}.get("next")
+            if following is None or following["results"] != "true":
+                return items
+            if following["cursor"] == cursor:
+                raise ApplyError(f"GET {path}: the next page's cursor did not move ({cursor})")
+            cursor = following["cursor"]
+        raise ApplyError(f"GET {path}: more than {_MAX_PAGES} pages")
+
+    def _send(self, method: str, path: str, body: Any = None) -> tuple[Any, str]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(  # noqa: S310 - SENTRY_URL is the user's own Sentry
             self.url + path,
@@ -57,12 +83,13 @@ class Sentry:
         try:
             with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
                 payload = response.read()
+                link = response.headers.get("Link", "")
         except urllib.error.HTTPError as error:
             raise ApplyError(_http_error(method, path, error)) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise ApplyError(f"cannot reach {self.url} ({reason}): check SENTRY_URL") from None
-        return json.loads(payload) if payload else None
+        return (json.loads(payload) if payload else None), link
 
 
 def _http_error(method: str, path: str, error: urllib.error.HTTPError) -> str:
@@ -118,6 +145,21 @@ def _detector_view(detector: dict[str, Any]) -> dict[str, Any]:
     return {**detector, "dataSources": sources}
 
 
+def _managed(objects: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What this tool manages, by name. Of two with one name (left by hand, or by an older version that
+    read only a list's first page), the oldest is kept up to date and the others are named, not deleted."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for obj in sorted(objects, key=lambda o: int(o["id"])):
+        name = obj.get("name", "")
+        if not name.startswith(PREFIX):
+            continue
+        if name in by_name:
+            print(f"duplicate  {name}: id {obj['id']} is not managed; {by_name[name]['id']} is (delete the other)")
+            continue
+        by_name[name] = obj
+    return by_name
+
+
 class Applier:
     def __init__(self, sentry: Sentry, org: str, project: str, *, dry_run: bool) -> None:
         self.sentry, self.org, self.project, self.dry_run = sentry, org, project, dry_run
@@ -145,7 +187,7 @@ class Applier:
 
     def _team(self, slug: str) -> str:
         if self._teams is None:
-            teams = self.sentry.request("GET", f"/api/0/organizations/{self.org}/teams/")
+            teams = self.sentry.list(f"/api/0/organizations/{self.org}/teams/")
             self._teams = {team["slug"]: str(team["id"]) for team in teams}
         if slug not in self._teams:
             raise ApplyError(f"no team {slug!r} in organization {self.org}: edit the team in deploy/sentry/")
@@ -154,29 +196,32 @@ class Applier:
     def run(self) -> None:
         project = self.sentry.request("GET", f"/api/0/projects/{self.org}/{self.project}/")
         self._project_id = str(project["id"])
-        detectors_path = f"/api/0/projects/{self.org}/{self.project}/detectors/"
-        detectors = self.sentry.request("GET", detectors_path)
+        detectors_path = f"/api/0/organizations/{self.org}/detectors/"
+        detectors = self.sentry.list(detectors_path, project=self._project_id)
         stream = [d for d in detectors if d.get("type") == "issue_stream"]
         if not stream:
             raise ApplyError(f"project {self.project} has no issue-stream monitor: is it on Sentry's alerting API?")
         self._issue_stream = str(stream[0]["id"])
-        existing = {d["name"]: _detector_view(d) for d in detectors if d.get("name", "").startswith(PREFIX)}
+        existing = _managed(map(_detector_view, detectors))
         for definition in definitions("monitors"):
-            update = f"/api/0/organizations/{self.org}/detectors/{{id}}/"
-            self.monitor_ids[definition["name"]] = self._apply(definition, existing, detectors_path, update)
+            self.monitor_ids[definition["name"]] = self._apply(definition, existing, detectors_path)
+        # Workflows are the organization's: ours are those of this project's monitors, so two projects
+        # applying the same definitions each keep their own.
+        ours = {str(d["id"]) for d in detectors} | set(self.monitor_ids.values())
         workflows_path = f"/api/0/organizations/{self.org}/workflows/"
-        workflows = self.sentry.request("GET", workflows_path)
-        existing = {w["name"]: w for w in workflows if w.get("name", "").startswith(PREFIX)}
+        workflows = self.sentry.list(workflows_path)
+        existing = _managed(w for w in workflows if {str(i) for i in w.get("detectorIds") or []} <= ours)
         for definition in definitions("alerts"):
-            self._apply(definition, existing, workflows_path, workflows_path + "{id}/")
+            self._apply(definition, existing, workflows_path)
 
-    def _apply(self, definition: dict[str, Any], existing: dict[str, Any], create: str, update: str) -> str:
+    def _apply(self, definition: dict[str, Any], existing: dict[str, Any], collection: str) -> str:
+        """Create at the collection (POST), or update the object at collection/{id}/ (PUT)."""
         body = resolve(definition, self.lookup)
         current = existing.get(body["name"])
         if current is not None and matches(body, current):
             print(f"unchanged  {body['name']}")
             return str(current["id"])
-        method, path = ("POST", create) if current is None else ("PUT", update.format(id=current["id"]))
+        method, path = ("POST", collection) if current is None else ("PUT", f"{collection}{current['id']}/")
         self.changes += 1
         if self.dry_run:
             print(f"would {method} {path}\n{json.dumps(body, indent=2)}")
