@@ -28,8 +28,9 @@ run: $(BIN)/gunicorn
 
 # The Celery worker for heavy tasks: needs CELERY_BROKER_URL, as `make run` does to enqueue.
 # SIGTERM gives running tasks WORKER_SHUTDOWN_SECONDS, then requeues them (Celery's soft shutdown).
+# Celery's own options follow: make worker ARGS=--concurrency=4
 worker: $(BIN)/gunicorn
-	REMAP_SIGTERM=SIGQUIT $(BIN)/celery -A app.queue_worker worker
+	$(BIN)/python -m app.worker_main $(ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

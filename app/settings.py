@@ -1,5 +1,6 @@
 """The one typed settings object. Every value comes from the environment and fails loudly."""
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -61,11 +62,18 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=2, ge=1, le=256, description="Prefork children of `make worker`.")
     worker_max_tasks_per_child: int = Field(default=1000, ge=1, description="A child is recycled after this many.")
     worker_metrics_port: int = Field(default=9808, ge=1, le=65535)
+    worker_alive_file: Path = Field(
+        default=Path(tempfile.gettempdir()) / "background-tasks-consumer-alive",
+        description="Touched every few seconds while the worker's consumer is connected: the liveness probe.",
+    )
     worker_shutdown_seconds: float = Field(
         default=30.0, ge=0, le=3600, description="On SIGTERM, how long running queued tasks may finish before requeue."
     )
     queue_visibility_timeout_seconds: int = Field(
-        default=3600, ge=1, description="Unacknowledged tasks are redelivered after this: above the longest task."
+        default=60,
+        ge=1,
+        description="Unacknowledged tasks are redelivered after this: above the longest task. After a broker "
+        "crash, the tasks that were running come back after it.",
     )
 
     sentry_dsn: AnyHttpUrl | None = None
@@ -92,7 +100,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _visibility_above_tasks(self) -> "Settings":
         longest = max(self.email_send_seconds, self.worker_shutdown_seconds)
-        if self.queue_visibility_timeout_seconds <= longest:
+        if self.celery_broker_url is not None and self.queue_visibility_timeout_seconds <= longest:
             raise ValueError(
                 f"QUEUE_VISIBILITY_TIMEOUT_SECONDS must be above EMAIL_SEND_SECONDS and WORKER_SHUTDOWN_SECONDS "
                 f"({longest:g}), or Redis redelivers tasks that are still running"

@@ -287,9 +287,14 @@ def background_tasks() -> Any:
         ),
         _panel(
             "Worker processes",
-            {"{{instance}}": f'sum by (instance) (server_worker_processes{{{TARGET}, job=~".*worker.*"}})'},
+            {
+                "{{instance}}": f'sum by (instance) (server_worker_processes{{{TARGET}, job=~".*worker.*"}})',
+                "restarted {{instance}}": "sum by (instance) "
+                f"(increase(background_task_worker_restarts_total{{{TARGET}}}[{RATE}]))",
+            },
             "short",
-            "Live prefork children per worker.",
+            "Live prefork children per worker, and the times its entry point started a dead Celery worker "
+            "again (after a broker crash, say).",
         ),
         _panel(
             "Redeliveries and enqueue failures",

@@ -553,7 +553,7 @@ class RedisServer:
 
 
 class CeleryWorker:
-    """`celery -A app.queue_worker worker`, prefork, with the same settings as the web side."""
+    """`python -m app.worker_main`, as `make worker` starts it: prefork, the web side's settings."""
 
     def __init__(self, workdir: Path, env: dict[str, str], concurrency: int = 2) -> None:
         self.workdir = workdir
@@ -565,22 +565,12 @@ class CeleryWorker:
         self.stderr_path = workdir / "worker.stderr"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SENTRY_"))},
-            "REMAP_SIGTERM": "SIGQUIT",  # as `make worker` and the image run it
             "WORKER_METRICS_PORT": str(self.metrics_port),
+            "WORKER_ALIVE_FILE": str(workdir / "consumer-alive"),
             "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
             **env,
         }
-        self.args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "app.queue_worker",
-            "worker",
-            f"--concurrency={concurrency}",
-            "--without-mingle",
-            "--without-gossip",
-        ]
+        self.args = [sys.executable, "-m", "app.worker_main", f"--concurrency={concurrency}"]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "CeleryWorker":
@@ -603,9 +593,15 @@ class CeleryWorker:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def child_pids(self) -> set[int]:
+    def celery_pid(self) -> int:
+        """Celery's main process: the entry point's one child (0 between a death and its restart)."""
         assert self.process is not None
-        return children(self.process.pid)
+        return next(iter(children(self.process.pid)), 0)
+
+    def child_pids(self) -> set[int]:
+        """Celery's prefork children."""
+        pid = self.celery_pid()
+        return children(pid) if pid else set()
 
     def metrics(self) -> "Metrics":
         response = httpx.get(self.metrics_url, timeout=10)

@@ -93,10 +93,12 @@ def test_the_compose_file_matches_the_compose_spec_and_its_files_exist() -> None
         "tempo",
     }
     for service in compose["services"].values():
+        assert service["restart"] == "unless-stopped"  # a crashed broker or worker comes back by itself
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             assert source in compose.get("volumes", {}) or (compose_file.parent / source).exists(), volume
     assert (compose_file.parent / compose["services"]["app"]["build"]["context"] / "Dockerfile").exists()
+    assert compose["services"]["worker"]["command"] == ["python", "-m", "app.worker_main"]
 
 
 def test_the_pod_outlives_the_drain_and_keeps_metrics_in_memory() -> None:
@@ -126,10 +128,11 @@ def test_the_worker_pod_outlives_its_soft_shutdown() -> None:
     shutdown = float(env.get("WORKER_SHUTDOWN_SECONDS", Settings().worker_shutdown_seconds))
     # Running tasks get the soft shutdown; requeueing the rest and flushing spans take the margin.
     assert spec["terminationGracePeriodSeconds"] >= shutdown + SHUTDOWN_FLUSH_SECONDS
-    assert container["command"][:3] == ["celery", "-A", "app.queue_worker"]
+    assert container["command"] == ["python", "-m", "app.worker_main"]  # as `make worker`: the tests' worker
     assert "REMAP_SIGTERM=SIGQUIT" in (ROOT / "Dockerfile").read_text()  # SIGTERM starts the soft shutdown
     port = int(env.get("WORKER_METRICS_PORT", Settings().worker_metrics_port))
-    assert container["livenessProbe"]["httpGet"]["port"] == port
+    assert container["startupProbe"]["httpGet"]["port"] == port
+    assert "WORKER_ALIVE_FILE" in " ".join(container["livenessProbe"]["exec"]["command"])
     assert manifest["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}

@@ -21,9 +21,10 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, bootsteps, signals
 from celery.apps import worker as celery_worker
 from celery.exceptions import Retry
 from kombu.exceptions import OperationalError
@@ -50,6 +51,7 @@ DROP_REASONS = ("revoked", "unregistered")
 # Read from the broker at each scrape, beside the catalogue of metrics.py.
 QUEUED, UNACKED = "background_tasks_queued", "background_tasks_unacked"
 _SCRAPE_TIMEOUTS = {"socket_timeout": 2, "socket_connect_timeout": 2}
+RESTARTED_ENV = "WORKER_RESTARTED"  # set by the entry point for a Celery worker it starts again
 
 
 @dataclass(slots=True)
@@ -57,6 +59,7 @@ class WorkerTelemetry:
     metrics: Metrics
     logger: logging.Logger
     include_pii: bool
+    alive_file: Path
     tracer_provider: TracerProvider | None = None
     known: set[tuple[str, str]] = field(default_factory=set)  # (task, route) seen by this process
 
@@ -133,6 +136,31 @@ class QueueCollector(Collector):
         )
 
 
+class ConsumerAlive(bootsteps.StartStopStep):
+    """Touches WORKER_ALIVE_FILE every few seconds while the consumer is connected and its event loop
+    turns. A file gone stale means the consumer is gone while the process may still live (a broker
+    away for long, a loop stuck): what the liveness probe checks, as `/metrics` cannot."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    INTERVAL = 5.0
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._timer: Any = None
+
+    def start(self, parent: Any) -> None:
+        path = _telemetry(parent.app).alive_file
+        path.touch()
+        self._timer = parent.timer.call_repeatedly(self.INTERVAL, path.touch)
+
+    def stop(self, parent: Any) -> None:  # noqa: ARG002 - Celery's bootstep signature
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    shutdown = stop
+
+
 class _MergedFiles(Collector):
     def __init__(self, directory: str) -> None:
         self._directory = directory
@@ -147,6 +175,13 @@ def _say_as_json(message: str, *_: Any) -> None:
     record = logging.LogRecord("celery.apps.worker", logging.WARNING, __file__, 0, message.strip(), None, None)
     with contextlib.suppress(OSError):  # as Celery's: losing a notice must not abort the shutdown
         os.write(2, (JsonFormatter().format(record) + "\n").encode())
+
+
+def _main_process_telemetry(settings: Settings, logger: logging.Logger) -> WorkerTelemetry:
+    metrics = Metrics()
+    if os.environ.get(RESTARTED_ENV):
+        metrics.worker_restarts.inc()
+    return WorkerTelemetry(metrics, logger, settings.telemetry_include_pii, settings.worker_alive_file)
 
 
 def install(app: Celery, settings: Settings) -> None:
@@ -166,12 +201,14 @@ def install(app: Celery, settings: Settings) -> None:
         pass  # connected, it stops Celery's own setup (and its --loglevel) in the worker and its children
 
     def before_fork(**_: Any) -> None:
-        multiprocess.wipe(directory)
+        # A worker restarted by its entry point (app/worker_main.py) keeps the dead one's files,
+        # which scrapes fold in: its counts go on from where they were, like a gunicorn worker's.
+        if not os.environ.get(RESTARTED_ENV):
+            multiprocess.wipe(directory)
         # Made after the wipe: a metric made before it writes to a file the wipe unlinked, and
         # what the main process counts (drops) would never reach a scrape. Children inherit it.
-        metrics = Metrics()
-        app.telemetry = WorkerTelemetry(metrics, logger, settings.telemetry_include_pii)
-        start_sentry(settings, metrics)
+        app.telemetry = _main_process_telemetry(settings, logger)
+        start_sentry(settings, app.telemetry.metrics)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_MergedFiles(directory))
         registry.register(QueueCollector(app, logger))
@@ -206,6 +243,7 @@ def install(app: Celery, settings: Settings) -> None:
     def unknown(name: str = "unknown", message: Any = None, **_: Any) -> None:
         dropped(message, name, "unregistered")
 
+    app.steps["consumer"].add(ConsumerAlive)
     signals.celeryd_init.connect(before_worker_init, weak=False)
     signals.setup_logging.connect(keep_our_logging, weak=False)
     signals.worker_init.connect(before_fork, weak=False)

@@ -106,6 +106,11 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.worker_restarts = Counter(
+            "background_task_worker_restarts",
+            "Times the queue worker's entry point started its Celery worker again after it died.",
+            registry=r,
+        )
         # Telemetry that never arrived: a collector or Sentry that is down must show as a number.
         self.spans_exported = Counter(
             "otel_spans_exported",

@@ -1,0 +1,81 @@
+"""The queue worker's entry point: `python -m app.worker_main [celery worker options]`.
+
+It runs `celery -A app.queue_worker worker` as its one child and keeps it running:
+- with Celery's cluster features off (gossip, mingle, heartbeat): this template uses none, and each
+  keeps one more consumer on the broker whose reconnect or shutdown path breaks when the broker
+  dies (the heartbeat's publish to a dead broker held a soft shutdown for ever);
+- with SIGTERM as Celery's soft shutdown (REMAP_SIGTERM=SIGQUIT): running tasks get
+  WORKER_SHUTDOWN_SECONDS, then go back to the broker;
+- started again when it dies on its own. Celery 5.7 with kombu 5.7 can still die on a broker crash
+  (an ack of a message from the dead connection, then AttributeError in kombu's close path), and no
+  setting or release avoids it. Each restart is counted in background_task_worker_restarts_total,
+  and the restarted worker keeps the metric files of the dead one, so no count starts again.
+
+SIGTERM and SIGINT go to the child; when it has stopped, so does this process, with its status.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from types import FrameType
+
+from pydantic import ValidationError
+
+from app.observability.celery_tasks import RESTARTED_ENV
+from app.observability.logging import LOGGER_NAME, configure_logging, exit_with
+from app.settings import Settings, describe_error
+
+SWITCHES = ("--without-gossip", "--without-mingle", "--without-heartbeat")
+# A worker that dies at once (bad settings, no broker for its retries) is not started in a tight loop.
+RESTART_DELAY_SECONDS = 1.0
+
+
+def worker_settings() -> Settings:
+    """The worker's settings, or an exit naming what is wrong: checked here before the first start,
+    so that a mistake stops the entry point rather than restarting the worker for ever."""
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        exit_with(describe_error(error))
+    if settings.celery_broker_url is None:
+        exit_with("Invalid settings:\n  CELERY_BROKER_URL: required by the worker, e.g. redis://127.0.0.1:6379/0")
+    return settings
+
+
+def main(argv: list[str]) -> int:
+    settings = worker_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    logger = logging.getLogger(LOGGER_NAME)
+    command = [sys.executable, "-m", "celery", "-A", "app.queue_worker", "worker", *SWITCHES, *argv]
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    # One metrics directory for every Celery worker it starts, so a restart keeps the counts.
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="prometheus-multiproc-worker-")
+    env = {**os.environ, "REMAP_SIGTERM": "SIGQUIT", "PROMETHEUS_MULTIPROC_DIR": directory}
+    restarts = 0
+    while True:
+        child = subprocess.Popen(command, env=env)  # noqa: S603 - our own interpreter and arguments
+        status = child.wait()
+        if stopping or status == 0:
+            return status
+        restarts += 1
+        env[RESTARTED_ENV] = "1"
+        logger.error("the Celery worker died: starting it again", extra={"exit_status": status, "restarts": restarts})
+        time.sleep(RESTART_DELAY_SECONDS)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
