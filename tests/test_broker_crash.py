@@ -8,7 +8,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,16 +57,28 @@ def web(tmp_path: Path, redis: RedisServer) -> Iterator[Gunicorn]:
         server.stop()
 
 
-def _worker(tmp_path: Path, redis: RedisServer, web: Gunicorn, **env: str) -> CeleryWorker:
-    # One log file for both sides, as a shared volume would be.
-    settings = {**ENV, "CELERY_BROKER_URL": redis.url, "LOG_FILE": str(web.log_file), **env}
-    return CeleryWorker(tmp_path / "worker", settings).start()
+@pytest.fixture
+def start_worker(tmp_path: Path, redis: RedisServer, web: Gunicorn) -> Iterator[Callable[..., CeleryWorker]]:
+    """Starts `python -m app.worker_main` on the test's broker; whatever it started is stopped after."""
+    started: list[CeleryWorker] = []
+
+    def start(**env: str) -> CeleryWorker:
+        # One log file for both sides, as a shared volume would be.
+        settings = {**ENV, "CELERY_BROKER_URL": redis.url, "LOG_FILE": str(web.log_file), **env}
+        started.append(CeleryWorker(tmp_path / "worker", settings))
+        return started[-1].start()
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
 
 
 def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice(
-    tmp_path: Path, redis: RedisServer, web: Gunicorn
+    redis: RedisServer, web: Gunicorn, start_worker: Callable[..., CeleryWorker]
 ) -> None:
-    worker = _worker(tmp_path, redis, web)
+    worker = start_worker()
     assert worker.process is not None
     web_before, worker_before = web.metrics(), worker.metrics()
     statuses: dict[str, int] = {}
@@ -122,18 +134,22 @@ def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice
 
     worker_change: Metrics = wait_for(settled, what="every run counted by the worker")
     counts = sent(web)
-    assert set(counts) == accepted  # nothing sent that was refused
+    assert set(counts) <= set(statuses)  # nothing sent that was not asked for
+    # A publish cut by the crash may have reached the append-only file while the client got its 503:
+    # that task runs (the client was told to retry, so make tasks idempotent), unscheduled.
+    refused_but_sent = set(counts) - accepted
+    assert all(statuses[email] == 503 for email in refused_but_sent)
     twice = sum(n - 1 for n in counts.values())
     # Each email sent twice is a message that came back after the crash: a counted redelivery.
     assert twice <= worker_change.get_value("background_task_redeliveries_total", **TASK)
-    # The books: scheduled - finished - dropped - queued - unacknowledged = - (runs beyond the first).
+    # The books: scheduled - finished - dropped - queued - unacknowledged = - (runs never scheduled).
     books = (
         web_change.get_value("background_tasks_scheduled_total", **TASK)
         - worker_change.get_value("background_task_duration_seconds_count", outcome="success", **TASK)
         - worker_change.get_value("background_task_duration_seconds_count", outcome="failure", **TASK)
         - worker_change.get_value("background_tasks_dropped_total", **TASK)
     )
-    assert books == -twice
+    assert books == -(twice + len(refused_but_sent))
     # The worker is still up, and each time Celery died (kombu's close path after a crash) the entry
     # point started it again and counted it: as many restarts counted as logged.
     assert worker.process.poll() is None
@@ -144,10 +160,10 @@ def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice
 
 
 def test_a_broker_crash_during_the_soft_shutdown_ends_it_in_time_and_the_task_comes_back(
-    tmp_path: Path, redis: RedisServer, web: Gunicorn
+    redis: RedisServer, web: Gunicorn, start_worker: Callable[..., CeleryWorker]
 ) -> None:
     shutdown = float(ENV["WORKER_SHUTDOWN_SECONDS"])
-    worker = _worker(tmp_path, redis, web, EMAIL_SEND_SECONDS="3")
+    worker = start_worker(EMAIL_SEND_SECONDS="3")
     assert worker.process is not None
     pids = {worker.process.pid, worker.celery_pid(), *worker.child_pids()}
     assert web.thread_client().post("/send-mail/", params={"email": "late@example.com"}).status_code == 200
@@ -167,19 +183,18 @@ def test_a_broker_crash_during_the_soft_shutdown_ends_it_in_time_and_the_task_co
     redis.start()
     assert redis.waiting_and_unacked() == (0, 1)
     assert sent(web) == {"late@example.com": 1}
-    again = _worker(tmp_path, redis, web)
+    again = start_worker()
     wait_for(lambda: sent(web) == {"late@example.com": 2}, timeout=60, what="the task run again")
     metrics = again.metrics()
     assert metrics.get_value("background_task_redeliveries_total", **TASK) == 1
     assert metrics.get_value("background_task_duration_seconds_count", outcome="success", **TASK) == 1
     wait_for(lambda: redis.waiting_and_unacked() == (0, 0), what="the broker empty")
-    again.stop()
 
 
 def test_a_dead_celery_worker_is_started_again_counted_and_keeps_its_counts(
-    tmp_path: Path, redis: RedisServer, web: Gunicorn
+    web: Gunicorn, start_worker: Callable[..., CeleryWorker]
 ) -> None:
-    worker = _worker(tmp_path, redis, web)
+    worker = start_worker()
     assert worker.process is not None
     http = web.thread_client()
     assert http.post("/send-mail/", params={"email": "before@example.com"}).status_code == 200
