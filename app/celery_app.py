@@ -9,10 +9,8 @@ make a queue lose nothing silently (README, "Heavy tasks on Celery"):
   once, rather than acknowledging it as failed;
 - prefetch of 1: a busy child never sits on messages another child could start;
 - a visibility timeout above the longest task: Redis redelivers a message unacknowledged for that
-  long, so a shorter one would run long tasks twice. It is also how long a broker crash delays the
-  tasks that were running: their acks were lost with the connection, and Redis's acknowledgements
-  are emulated, so nothing else gives them back. Each worker looks for such messages every 2 s
-  (kombu's default is about every 100 s);
+  long, so a shorter one would run long tasks twice (after a broker crash, the worker gives back
+  at once what the crash left unacknowledged: celery_tasks.RestoreOrphans);
 - a soft shutdown: on SIGTERM, running tasks get WORKER_SHUTDOWN_SECONDS, then their messages go
   back to the queue for another worker.
 """
@@ -38,8 +36,6 @@ def create_celery(settings: Settings, tasks: QueuedTasks, *, producer: bool) -> 
     attempt = settings.enqueue_timeout_seconds / 3
     if producer:
         transport |= {"socket_timeout": attempt, "socket_connect_timeout": attempt}
-    else:
-        transport |= {"unacked_restore_interval": 2, "unacked_restore_throttle": 1}
     celery.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -70,10 +70,7 @@ class Settings(BaseSettings):
         default=30.0, ge=0, le=3600, description="On SIGTERM, how long running queued tasks may finish before requeue."
     )
     queue_visibility_timeout_seconds: int = Field(
-        default=60,
-        ge=1,
-        description="Unacknowledged tasks are redelivered after this: above the longest task. After a broker "
-        "crash, the tasks that were running come back after it.",
+        default=3600, ge=1, description="Unacknowledged tasks are redelivered after this: above the longest task."
     )
 
     sentry_dsn: AnyHttpUrl | None = None

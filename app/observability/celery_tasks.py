@@ -13,6 +13,9 @@ Per prefork process (the hooks are Celery's signals):
   a flush of its spans and Sentry events;
 - metric files of dead children are folded into the merged ones (multiprocess.py), by the main
   process at each scrape and by a child that inherits a dead one's pid, before it writes.
+
+Two consumer bootsteps run at each connection to the broker: ``RestoreOrphans`` gives back what a
+broker crash left unacknowledged, and ``ConsumerAlive`` keeps the liveness file fresh.
 """
 
 import contextlib
@@ -161,6 +164,37 @@ class ConsumerAlive(bootsteps.StartStopStep):
     shutdown = stop
 
 
+class RestoreOrphans(bootsteps.StartStopStep):
+    """After each connection to Redis, gives back the messages delivered before Redis last started.
+
+    Redis's acknowledgements are emulated (kombu keeps a delivered message in an `unacked` hash
+    until its ack), and a crash cuts every consumer's connection: a message delivered before it can
+    never be acknowledged, and kombu alone would give it back only after the visibility timeout.
+    A message delivered before the broker's start is such an orphan whatever worker took it, so any
+    worker may give it back, and kombu's `restore_by_tag` makes two workers doing so restore it once.
+    A task that was running runs again: a redelivery, counted as one.
+    """
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+    # Delivery times are the workers' clocks, the start is Redis's: a margin for their skew.
+    CLOCK_SKEW_SECONDS = 1.0
+
+    def start(self, parent: Any) -> None:
+        channel = parent.connection.default_channel
+        if parent.connection.transport.driver_type != "redis":
+            return
+        client = channel.client
+        seconds, _micro = client.time()
+        broker_started = seconds - client.info("server")["uptime_in_seconds"]
+        orphans = client.zrangebyscore(channel.unacked_index_key, 0, broker_started - self.CLOCK_SKEW_SECONDS)
+        for tag in orphans:
+            channel.qos.restore_by_tag(tag, client)
+        if orphans:
+            _telemetry(parent.app).logger.warning(
+                "messages delivered before the broker restarted given back", extra={"messages": len(orphans)}
+            )
+
+
 class _MergedFiles(Collector):
     def __init__(self, directory: str) -> None:
         self._directory = directory
@@ -243,7 +277,7 @@ def install(app: Celery, settings: Settings) -> None:
     def unknown(name: str = "unknown", message: Any = None, **_: Any) -> None:
         dropped(message, name, "unregistered")
 
-    app.steps["consumer"].add(ConsumerAlive)
+    app.steps["consumer"].update({ConsumerAlive, RestoreOrphans})
     signals.celeryd_init.connect(before_worker_init, weak=False)
     signals.setup_logging.connect(keep_our_logging, weak=False)
     signals.worker_init.connect(before_fork, weak=False)
