@@ -1,4 +1,4 @@
-"""The tutorial endpoints (design.md §1). Handlers only schedule work; the wrapper observes it."""
+"""The tutorial endpoints (the README's "Endpoints" table). Handlers only schedule work; the wrapper observes it."""
 
 from typing import Annotated
 

@@ -288,13 +288,6 @@ def start_prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[Prometh
         process.wait(timeout=30)
 
 
-def _ready(prometheus: Prometheus) -> bool:
-    try:
-        return httpx.get(prometheus.url + "/-/ready", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def _prometheus_ready(prometheus: Prometheus) -> bool:
     try:
         return httpx.get(prometheus.url + "/-/ready", timeout=2).status_code == 200

@@ -150,7 +150,6 @@ def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice
     # point started it again and counted it: as many restarts counted as logged.
     assert worker.process.poll() is None
     restarts = worker.stderr().count("the Celery worker died: starting it again")
-    assert worker.stderr().count("Unrecoverable error") == restarts
     assert worker.metrics().get_value("background_task_worker_restarts_total") == restarts
     assert worker.stop() == 0
 

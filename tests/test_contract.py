@@ -1,4 +1,4 @@
-"""design.md §1: each endpoint's exact status and body, and its background effect, exactly once."""
+"""The endpoint contract (the README's "Endpoints" table): each status and body, and its task, exactly once."""
 
 import uuid
 

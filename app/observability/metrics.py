@@ -1,4 +1,4 @@
-"""The Prometheus metric catalogue (design.md §3) and its exposition.
+"""The Prometheus metric catalogue (the README's "Metrics" table) and its exposition.
 
 Under gunicorn, PROMETHEUS_MULTIPROC_DIR is set by the master before any worker imports
 prometheus_client, so every value lands in a per-process file and each scrape merges them
