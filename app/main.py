@@ -81,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.ready = False
     app.state.backlog = backlog  # the worker marks it draining when a stop signal arrives
+    app.state.telemetry = telemetry  # what the app's tasks emit through: metrics, tracer, logger
     app.state.schedule = schedule  # routes reach it through the Schedule dependency
     app.include_router(tutorial_router(settings))
 

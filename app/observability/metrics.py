@@ -16,6 +16,9 @@ TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 DELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
+TELEMETRY_PARTS = ("metrics", "span", "sentry", "log")  # what task_telemetry.guarded names
+
+
 class Metrics:
     """One instance per app. Its registry serves single-process runs (tests, plain uvicorn)."""
 
@@ -111,6 +114,14 @@ class Metrics:
             "Times the queue worker's entry point started its Celery worker again after it died.",
             registry=r,
         )
+        self.telemetry_errors = Counter(
+            "background_task_telemetry_errors",
+            "Failures inside a task's own telemetry (metrics, span, sentry, log), which never change its outcome.",
+            ["part"],
+            registry=r,
+        )
+        for part in TELEMETRY_PARTS:  # exported at zero from the start: the first failure is an increase
+            self.telemetry_errors.labels(part)
         # Telemetry that never arrived: a collector or Sentry that is down must show as a number.
         self.spans_exported = Counter(
             "otel_spans_exported",

@@ -12,11 +12,15 @@ queue. Both hand it the task's span, name, route and start delay; it records the
   grouped into one Sentry issue per (task, exception class),
 - one log line: DEBUG on success (it is a metric sample and a span already), ERROR with the
   traceback on failure.
+
+None of it can change the task's outcome: each piece runs ``guarded``, and a failure inside one
+is counted in ``background_task_telemetry_errors_total{part}`` and logged once.
 """
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from functools import partial
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -27,6 +31,7 @@ from app.observability.errors import report_exception
 from app.observability.metrics import Metrics
 
 _MAX_ARGUMENTS_REPR = 1024
+_REPORTED: set[str] = set()  # parts whose first failure this process has logged
 
 
 class TaskTelemetry(Protocol):
@@ -43,6 +48,24 @@ Settle = Callable[[Callable[[], None]], object]
 
 def _count_now(count: Callable[[], None]) -> None:
     count()
+
+
+def guarded(telemetry: TaskTelemetry, part: str, emit: Callable[[], object]) -> bool:
+    """Runs one piece of a task's telemetry. Its failure is counted in
+    ``background_task_telemetry_errors_total{part}`` and logged once per part and process, never
+    raised: telemetry must not change the task's outcome, the response or the tasks after it.
+    True if it ran."""
+    try:
+        emit()
+    except Exception:
+        with suppress(Exception):
+            telemetry.metrics.telemetry_errors.labels(part).inc()
+        if part not in _REPORTED:
+            _REPORTED.add(part)
+            with suppress(Exception):
+                telemetry.logger.exception("background task telemetry failed", extra={"part": part})
+        return False
+    return True
 
 
 @contextmanager
@@ -66,11 +89,12 @@ def observed_task(
     ``settle`` counts the outcome under the caller's ledger (the web worker's backlog).
     ``requeued``: exceptions that send the task back to the queue (Celery's Retry): it has not
     finished, so nothing is counted but the run's end.
+    Every piece of telemetry runs ``guarded``: only the task's own exceptions leave this block.
     """
     metrics = telemetry.metrics
-    metrics.task_start_delay.labels(name, route).observe(start_delay)
+    guarded(telemetry, "metrics", lambda: metrics.task_start_delay.labels(name, route).observe(start_delay))
     in_progress = metrics.tasks_in_progress.labels(name)
-    in_progress.inc()
+    counted_in_progress = guarded(telemetry, "metrics", in_progress.inc)
     attributes: dict[str, AttributeValue] = {
         "background_task.name": name,
         "http.route": route,
@@ -78,7 +102,7 @@ def observed_task(
     }
     if telemetry.include_pii:
         attributes["background_task.arguments"] = repr(arguments)[:_MAX_ARGUMENTS_REPR]
-    span.set_attributes(attributes)
+    guarded(telemetry, "span", lambda: span.set_attributes(attributes))
     outcome, level, exc_info, exception = "success", logging.DEBUG, None, ""
     started = perf_counter()
     try:
@@ -89,14 +113,18 @@ def observed_task(
     except Exception as exc:
         outcome, level, exc_info, exception = "failure", logging.ERROR, exc, type(exc).__name__
         if contain:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, exception))
-        report_exception(
-            exc,
-            mechanism="background_task",
-            tags={"background_task": name, "route": route},
-            # One Sentry issue per (task, exception class), wherever in the task it was raised.
-            fingerprint=["background-task", name, exception],
+            guarded(telemetry, "span", partial(_record_failure, span, exc))
+        guarded(
+            telemetry,
+            "sentry",
+            partial(
+                report_exception,
+                exc,
+                mechanism="background_task",
+                tags={"background_task": name, "route": route},
+                # One Sentry issue per (task, exception class), wherever in the task it was raised.
+                fingerprint=["background-task", name, exception],
+            ),
         )
         if not contain:
             raise
@@ -107,29 +135,42 @@ def observed_task(
         raise
     finally:
         duration = perf_counter() - started
-        in_progress.dec()
+        if counted_in_progress:
+            guarded(telemetry, "metrics", in_progress.dec)
 
         def count() -> None:
             metrics.task_duration.labels(name, route, outcome).observe(duration)
             if exception:
                 metrics.task_failures.labels(name, route, exception).inc()
 
+        def count_guarded() -> None:
+            guarded(telemetry, "metrics", count)
+
         if outcome in ("success", "failure"):
-            settle(count)
+            settle(count_guarded)
         elif outcome == "cancelled":
-            count()
-        span.set_attribute("background_task.outcome", outcome)
+            count_guarded()
+        guarded(telemetry, "span", lambda: span.set_attribute("background_task.outcome", outcome))
         if telemetry.logger.isEnabledFor(level):
-            telemetry.logger.log(
-                level,
-                "background task %s",
-                outcome,
-                exc_info=exc_info,
-                extra={
-                    "task": name,
-                    "route": route,
-                    "outcome": outcome,
-                    "duration_s": round(duration, 6),
-                    "start_delay_s": round(start_delay, 6),
-                },
+            guarded(
+                telemetry,
+                "log",
+                lambda: telemetry.logger.log(
+                    level,
+                    "background task %s",
+                    outcome,
+                    exc_info=exc_info,
+                    extra={
+                        "task": name,
+                        "route": route,
+                        "outcome": outcome,
+                        "duration_s": round(duration, 6),
+                        "start_delay_s": round(start_delay, 6),
+                    },
+                ),
             )
+
+
+def _record_failure(span: Span, exc: Exception) -> None:
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
