@@ -5,25 +5,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from anyio import CapacityLimiter
-from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from opentelemetry.trace import NoOpTracer
 
-from app.auth import metrics_reader
-from app.celery_app import create_celery
 from app.observability.backlog import Backlog
-from app.observability.context import Telemetry
+from app.observability.context import WebTelemetry
 from app.observability.errors import start_sentry, stop_sentry
-from app.observability.instrumentation import instrument_app, instrument_celery
+from app.observability.instrumentation import instrument_app
 from app.observability.logging import LOGGER_NAME
 from app.observability.metrics import Metrics
 from app.observability.middleware import RequestTelemetryMiddleware
 from app.observability.task_wrapper import install_task_wrapper
 from app.observability.tracing import make_tracer_provider, start_export
-from app.queued import queued_tasks
-from app.routes import tutorial_router
+from app.queues import backend_for
+from app.routes import operations_router, tutorial_router
 from app.scheduler import Scheduler
 from app.settings import Settings
+from app.task_registry import task_registry
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -31,7 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
     tracer_provider = None if settings.otel_sdk_disabled else make_tracer_provider(settings)
     metrics = Metrics()
     backlog = Backlog(metrics, logger, settings.max_pending_tasks, settings.retry_after_seconds)
-    telemetry = Telemetry(
+    telemetry = WebTelemetry(
         metrics=metrics,
         tracer=NoOpTracer() if tracer_provider is None else tracer_provider.get_tracer("app"),
         logger=logger,
@@ -40,23 +38,14 @@ def create_app(settings: Settings) -> FastAPI:
         include_pii=settings.telemetry_include_pii,
         access_log=settings.access_log,
     )
-    tasks = queued_tasks(settings)
-    celery = None if settings.celery_broker_url is None else create_celery(settings, tasks, producer=True)
-    schedule = Scheduler(
-        tasks,
-        celery,
-        metrics,
-        logger,
-        timeout=settings.enqueue_timeout_seconds,
-        retry_after_seconds=settings.retry_after_seconds,
-    )
+    backend = backend_for(settings, task_registry(settings), backlog.books)
+    schedule = Scheduler(backend, backlog.books, retry_after_seconds=settings.retry_after_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if tracer_provider is not None:
             start_export(tracer_provider, settings, metrics)
-            if celery is not None:  # the PRODUCER span of each enqueue, and the trace in its headers
-                instrument_celery(tracer_provider)
+            backend.instrument(tracer_provider)  # a queue's PRODUCER span, and the trace in its message
         start_sentry(settings, metrics)
         if settings.api_token is None:
             logger.warning("API_TOKEN is not set: /notify/ answers 401 to every caller")
@@ -84,20 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.telemetry = telemetry  # what the app's tasks emit through: metrics, tracer, logger
     app.state.schedule = schedule  # routes reach it through the Schedule dependency
     app.include_router(tutorial_router(settings))
-
-    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_reader(settings))])
-    def prometheus_metrics() -> Response:
-        body, content_type = metrics.exposition()
-        return Response(body, media_type=content_type)
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz(request: Request) -> JSONResponse:
-        ready = bool(request.app.state.ready)
-        return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
+    app.include_router(operations_router(settings, metrics))
 
     app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry)
     if tracer_provider is not None:

@@ -1,11 +1,14 @@
-"""The tutorial endpoints (the README's "Endpoints" table). Handlers only schedule work; the wrapper observes it."""
+"""Every endpoint: the tutorial's (the README's "Endpoints" table), whose handlers only schedule
+work for the wrapper to observe, and the operations' (the scrape and the probes)."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import EmailStr
 
-from app.auth import bearer_user
+from app.auth import bearer_user, metrics_reader
+from app.observability.metrics import Metrics
 from app.request_limits import REFUSALS, SINGLE_LINE, UNAUTHORIZED, SingleLine, plain_query
 from app.scheduler import Schedule
 from app.settings import Settings
@@ -42,5 +45,26 @@ def tutorial_router(settings: Settings) -> APIRouter:
     async def send_message(message: Message, background_tasks: BackgroundTasks) -> dict[str, str]:
         background_tasks.add_task(log_message, log, message)
         return {"message": "Message received. It will be logged soon."}
+
+    return router
+
+
+def operations_router(settings: Settings, metrics: Metrics) -> APIRouter:
+    """The scrape and the probes: out of the schema, and untraced (instrumentation.UNTRACED_URLS)."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/metrics", dependencies=[Depends(metrics_reader(settings))])
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        ready = bool(request.app.state.ready)
+        return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
 
     return router

@@ -1,13 +1,11 @@
-"""The queue worker's entry point: `python -m app.worker_main [celery worker options]`.
+"""The queue worker's entry point: `python -m app.worker_main [the library's worker options]`.
 
-It runs `celery -A app.queue_worker worker` as its one child and keeps it running:
-- with Celery's cluster features off (gossip, mingle, heartbeat): this template uses none, and each
-  keeps one more consumer on the broker whose reconnect or shutdown path breaks when the broker
-  dies (the heartbeat's publish to a dead broker held a soft shutdown for ever);
-- with SIGTERM as Celery's soft shutdown (REMAP_SIGTERM=SIGQUIT): running tasks get
+It runs the configured queue library's own worker (app/queues/: Celery's `celery worker`) as its
+one child and keeps it running:
+- with SIGTERM as a soft shutdown (REMAP_SIGTERM=SIGQUIT for Celery): running tasks get
   WORKER_SHUTDOWN_SECONDS, then go back to the broker;
-- started again when it dies on its own. Celery 5.7 with kombu 5.7 can still die on a broker crash
-  (an ack of a message from the dead connection, then AttributeError in kombu's close path), and no
+- started again when it dies on its own. Celery 5.7 with kombu 5.7 can die on a broker crash (an
+  ack of a message from the dead connection, then AttributeError in kombu's close path), and no
   setting or release avoids it. Each restart is counted in background_task_worker_restarts_total,
   and the restarted worker keeps the metric files of the dead one, so no count starts again.
 
@@ -25,11 +23,11 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from app.observability.celery_tasks import RESTARTED_ENV
 from app.observability.logging import LOGGER_NAME, configure_logging, exit_with
+from app.observability.worker_process import RESTARTED_ENV
+from app.queues import worker_command
 from app.settings import Settings, describe_error
 
-SWITCHES = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 # A worker that dies at once (bad settings, no broker for its retries) is not started in a tight loop.
 RESTART_DELAY_SECONDS = 1.0
 
@@ -50,7 +48,7 @@ def main(argv: list[str]) -> int:
     settings = worker_settings()
     configure_logging(settings.log_level, settings.log_format)
     logger = logging.getLogger(LOGGER_NAME)
-    command = [sys.executable, "-m", "celery", "-A", "app.queue_worker", "worker", *SWITCHES, *argv]
+    command = worker_command(argv)
     stopping = False
     child: subprocess.Popen[bytes] | None = None
 

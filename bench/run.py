@@ -39,7 +39,7 @@ from starlette.background import BackgroundTask
 
 from app.main import create_app
 from app.observability.backlog import Backlog
-from app.observability.context import RequestRecord, Telemetry
+from app.observability.context import RequestRecord, WebTelemetry
 from app.observability.errors import start_sentry
 from app.observability.instrumentation import instrument_app
 from app.observability.logging import LOGGER_NAME, configure_logging
@@ -294,7 +294,7 @@ def wrapper_cost(otlp_endpoint: str, sentry_dsn: str, tasks: int = 5_000, repeat
     for name, (tracer, level) in setups.items():
         logger.setLevel(level)
         backlog = Backlog(metrics, logger, limit=10**9, retry_after_seconds=1)
-        telemetry = Telemetry(metrics, tracer, logger, CapacityLimiter(1), backlog)
+        telemetry = WebTelemetry(metrics, tracer, logger, CapacityLimiter(1), backlog)
         record = RequestRecord(telemetry, "/bench/", response_sent=time.perf_counter())
 
         async def wrapped(record: RequestRecord = record) -> None:

@@ -31,7 +31,7 @@ except ValidationError as error:  # fail before any worker forks, naming the set
     exit_with(describe_error(error))
 
 wsgi_app = "app.main:create_app_from_env()"
-worker_class = "app.worker.DrainingUvicornWorker"
+worker_class = "app.gunicorn_worker.DrainingUvicornWorker"
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.web_concurrency
 # A stopping worker drains its tasks for DRAIN_SECONDS; the margin covers flushing spans and

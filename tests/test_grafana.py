@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from app.observability.celery_tasks import QUEUED, UNACKED
 from app.observability.metrics import Metrics
+from app.queues.celery.depth import QUEUED, UNACKED
 from tests.support import ROOT
 
 GRAFANA = ROOT / "grafana"

@@ -6,7 +6,7 @@ import signal
 import socket
 from pathlib import Path
 
-from app.worker import INVALID_REQUEST
+from app.gunicorn_worker import INVALID_REQUEST
 from tests.support import TOKEN, CeleryWorker, Gunicorn, RedisServer, log_lines, wait_for
 
 SECRET = "secret-in-a-malformed-request"

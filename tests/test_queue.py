@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
-from app.celery_app import create_celery
+from app.queues.celery.app import create_celery
 from app.settings import Settings
 from tests.support import (
     CeleryWorker,

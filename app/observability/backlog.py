@@ -7,28 +7,27 @@ ends on its own thread while the event loop may be dropping it at the shutdown d
 So the books always balance: scheduled = success + failure + dropped + pending.
 """
 
+import functools
 import itertools
 import logging
 import threading
 from collections.abc import Callable
 
+from app.observability.books import Books
 from app.observability.metrics import Metrics
 
 Entry = tuple[int, str, str]  # (id, task, route)
-DROP_REASONS = ("shutdown", "cancelled")
 
 
 class Backlog:
     def __init__(self, metrics: Metrics, logger: logging.Logger, limit: int, retry_after_seconds: int) -> None:
         self._metrics = metrics
-        self._logger = logger
         self._limit = limit
         self.retry_after = str(retry_after_seconds).encode()
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._open: dict[int, Entry] = {}
-        self._task_routes: set[str] = set()
-        self._known: set[tuple[str, str]] = set()
+        self.books = Books(metrics, logger)
         self.draining = False  # set when the worker starts its graceful shutdown
 
     @property
@@ -41,20 +40,11 @@ class Backlog:
         A route is known to schedule tasks once it has handed one over in this worker; a
         backlog can only be full of such routes, so a route that never did is never shed.
         """
-        return self.depth >= self._limit and route in self._task_routes
+        return self.depth >= self._limit and self.books.schedules_tasks(route)
 
     def open(self, tasks: list[str], route: str) -> list[Entry]:
         with self._lock:
-            if route not in self._task_routes:
-                self._task_routes.add(route)
-                self._metrics.tasks_rejected.labels(route)
-            for task in tasks:
-                if (task, route) not in self._known:
-                    # Exported at zero from the start: a series that first appears at 1 shows
-                    # no increase, so the first drop would never fire an alert.
-                    self._known.add((task, route))
-                    for reason in DROP_REASONS:
-                        self._metrics.tasks_dropped.labels(task, route, reason)
+            self.books.route_seen(route)
             entries = [(next(self._ids), task, route) for task in tasks]
             # A scrape reads the workers' files while they are written, so it can see one write
             # of a pair without the other. Pending rises before scheduled and falls after the
@@ -62,7 +52,7 @@ class Backlog:
             self._metrics.tasks_pending.inc(len(entries))
             for entry in entries:
                 self._open[entry[0]] = entry
-                self._metrics.tasks_scheduled.labels(entry[1], route).inc()
+                self.books.scheduled(entry[1], route)
         return entries
 
     def settle(self, entry: Entry, count: Callable[[], None]) -> bool:
@@ -79,10 +69,7 @@ class Backlog:
         """Settle every entry still open as dropped: by shutdown while draining, else cancelled."""
         reason = "shutdown" if self.draining else "cancelled"
         for entry in entries:
-            if self.settle(entry, self._metrics.tasks_dropped.labels(entry[1], entry[2], reason).inc):
-                self._logger.warning(
-                    "background task dropped", extra={"task": entry[1], "route": entry[2], "reason": reason}
-                )
+            self.settle(entry, functools.partial(self.books.dropped, entry[1], entry[2], reason))
 
     def drop_all(self) -> None:
         with self._lock:

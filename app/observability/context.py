@@ -12,7 +12,7 @@ from app.observability.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
-class Telemetry:
+class WebTelemetry:
     """One per app, so several apps in one process never share a tracer or metrics."""
 
     metrics: Metrics
@@ -26,7 +26,7 @@ class Telemetry:
 
 @dataclass(slots=True)
 class RequestRecord:
-    telemetry: Telemetry
+    telemetry: WebTelemetry
     route: str
     response_sent: float | None = None  # perf_counter() at the last response byte
 

@@ -7,15 +7,13 @@
   OTEL_PYTHON_EXCLUDED_URLS) says otherwise.
 - The stable HTTP semantic conventions (OTEL_SEMCONV_STABILITY_OPT_IN=http unless set). What
   reaches the exporter is filtered by tracing.py: no query string, client address or user agent.
-- Under ``opentelemetry-instrument``, an app it already instrumented with its defaults, and the
-  Celery producer it instrumented with the global provider, are instrumented again with these
-  settings and this provider, so nothing is instrumented twice.
+- Under ``opentelemetry-instrument``, an app it already instrumented with its defaults is
+  instrumented again with these settings and this provider, so nothing is instrumented twice.
 """
 
 import os
 
 from fastapi import FastAPI
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.trace import TracerProvider
@@ -38,11 +36,3 @@ def instrument_app(app: FastAPI, tracer_provider: TracerProvider) -> None:
         exclude_spans=["receive", "send"],
         excluded_urls=excluded or UNTRACED_URLS,
     )
-
-
-def instrument_celery(tracer_provider: TracerProvider) -> None:
-    """The PRODUCER span of each enqueue (web side) or the CONSUMER span of each run (worker)."""
-    instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
-    if instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.uninstrument()
-    instrumentor.instrument(tracer_provider=tracer_provider)

@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.observability.context import RequestRecord, Telemetry, current_request
+from app.observability.context import RequestRecord, WebTelemetry, current_request
 from app.observability.errors import report_exception
 from app.observability.logging import ACCESS_LOGGER_NAME
 from app.observability.tracing import traceparent
@@ -67,7 +67,7 @@ class RouteTemplates:
 
 
 class RequestTelemetryMiddleware:
-    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+    def __init__(self, app: ASGIApp, telemetry: WebTelemetry) -> None:
         self.app = app
         self.telemetry = telemetry
         self.route_template = RouteTemplates()

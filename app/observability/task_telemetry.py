@@ -1,10 +1,11 @@
 """What one background task emits, wherever it runs: the one definition.
 
-Two thin adapters drive it: ``task_wrapper.py`` for tasks that run in the web worker after the
-response (Starlette's ``BackgroundTask``), and ``celery_tasks.py`` for tasks that run on the
-queue. Both hand it the task's span, name, route and start delay; it records the rest:
+Thin adapters drive it: ``task_wrapper.py`` for tasks that run in the web worker after the
+response (Starlette's ``BackgroundTask``), and each queue library's task class or middleware
+(app/queues/) for tasks that run on a queue. Each hands it the task's span, registry name, route
+and start delay; it records the rest:
 
-- ``background_task_start_delay_seconds`` (after the response in-process; the queue wait on Celery),
+- ``background_task_start_delay_seconds`` (after the response in-process; the queue wait on a queue),
 - ``background_tasks_in_progress`` while it runs,
 - ``background_task_duration_seconds{outcome}`` and ``background_task_failures_total{exception}``,
 - the span's attributes, and on failure its ERROR status and exception,
@@ -35,6 +36,9 @@ _REPORTED: set[str] = set()  # parts whose first failure this process has logged
 
 
 class TaskTelemetry(Protocol):
+    """What ``observed_task`` writes to: a web worker's ``WebTelemetry`` (context.py) or a queue
+    worker's ``QueueWorkerTelemetry`` (worker_process.py)."""
+
     @property
     def metrics(self) -> Metrics: ...
     @property

@@ -1,4 +1,4 @@
-"""The Celery app both sides build from settings: the web side to enqueue, `make worker` to run.
+"""The Celery app both sides build from settings: the web side to publish, the worker to run.
 
 Nothing connects until a task is sent or a worker starts. The settings below are the ones that
 make a queue lose nothing silently (README, "Heavy tasks on Celery"):
@@ -10,22 +10,21 @@ make a queue lose nothing silently (README, "Heavy tasks on Celery"):
 - prefetch of 1: a busy child never sits on messages another child could start;
 - a visibility timeout above the longest task: Redis redelivers a message unacknowledged for that
   long, so a shorter one would run long tasks twice (after a broker crash, the worker gives back
-  at once what the crash left unacknowledged: celery_tasks.RestoreOrphans);
+  at once what the crash left unacknowledged: consumer.RestoreOrphans);
 - a soft shutdown: on SIGTERM, running tasks get WORKER_SHUTDOWN_SECONDS, then their messages go
   back to the queue for another worker.
 """
 
-from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 
-from app.observability.celery_tasks import ObservedTask
-from app.queued import QueuedTasks
+from app.queues.celery.consumer import ObservedTask
 from app.settings import Settings
+from app.task_registry import TaskRegistry
 
 
-def create_celery(settings: Settings, tasks: QueuedTasks, *, producer: bool) -> Celery:
+def create_celery(settings: Settings, tasks: TaskRegistry, *, producer: bool) -> Celery:
     if settings.celery_broker_url is None:
         raise ValueError("CELERY_BROKER_URL is not set")
     celery = Celery("background-tasks", broker=str(settings.celery_broker_url), set_as_current=False)
@@ -53,15 +52,5 @@ def create_celery(settings: Settings, tasks: QueuedTasks, *, producer: bool) -> 
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": attempt},
     )
     for name, func in tasks.items():
-        celery.task(name=name, base=ObservedTask)(_as_function(func, name))
+        celery.task(name=name, base=ObservedTask)(func)
     return celery
-
-
-def _as_function(func: Callable[..., None], name: str) -> Callable[..., None]:
-    """Celery reads a task's name and module off a function; a partial has neither."""
-
-    def run(*args: Any, **kwargs: Any) -> None:
-        func(*args, **kwargs)
-
-    run.__name__ = run.__qualname__ = name
-    return run

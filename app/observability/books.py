@@ -1,0 +1,72 @@
+"""The books of background tasks, kept in one place whatever runs them.
+
+Scheduled, dropped (one list of reasons), redelivered and not enqueued: each (task, route) is
+exported at zero from the first time a process sees it, so that its first increase is one an
+alert sees (a series that first appears at 1 shows no increase). The web side's ledger
+(backlog.py), the scheduler and every queue adapter count through here.
+"""
+
+import logging
+import threading
+
+from app.observability.metrics import Metrics
+
+# shutdown: still running or waiting when a web worker's drain deadline came; cancelled: cut short
+# outside a shutdown; revoked: a queued task revoked before it ran; unregistered: a queued task
+# whose name the worker does not know.
+DROP_REASONS = ("shutdown", "cancelled", "revoked", "unregistered")
+
+
+class Books:
+    def __init__(self, metrics: Metrics, logger: logging.Logger) -> None:
+        self._metrics = metrics
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._tasks: set[tuple[str, str]] = set()
+        self._enqueued: set[tuple[str, str]] = set()
+        self._routes: set[str] = set()
+
+    def seen(self, task: str, route: str) -> None:
+        if (task, route) in self._tasks:
+            return
+        with self._lock:
+            self._tasks.add((task, route))
+            for reason in DROP_REASONS:
+                self._metrics.tasks_dropped.labels(task, route, reason)
+            self._metrics.task_redeliveries.labels(task, route)
+
+    def route_seen(self, route: str) -> None:
+        """A route that hands tasks over: its rejections are exported from now on."""
+        if route not in self._routes:
+            self._routes.add(route)
+            self._metrics.tasks_rejected.labels(route)
+
+    def schedules_tasks(self, route: str) -> bool:
+        return route in self._routes
+
+    def scheduled(self, task: str, route: str) -> None:
+        self.seen(task, route)
+        self._metrics.tasks_scheduled.labels(task, route).inc()
+
+    def enqueued(self, task: str, route: str) -> None:
+        """Scheduled on a queue: the broker holds it. From then on, a failure to enqueue this
+        (task, route) is an increase; one that fails from the start shows in the request's 503s."""
+        self.scheduled(task, route)
+        if (task, route) not in self._enqueued:
+            self._enqueued.add((task, route))
+            self._metrics.enqueue_failures.labels(task, route)
+
+    def not_enqueued(self, task: str, route: str, error: str) -> None:
+        self._metrics.enqueue_failures.labels(task, route).inc()
+        self._logger.warning(
+            "queue unavailable: task not enqueued", extra={"task": task, "route": route, "error": error}
+        )
+
+    def dropped(self, task: str, route: str, reason: str) -> None:
+        self.seen(task, route)
+        self._metrics.tasks_dropped.labels(task, route, reason).inc()
+        self._logger.warning("background task dropped", extra={"task": task, "route": route, "reason": reason})
+
+    def redelivered(self, task: str, route: str) -> None:
+        self.seen(task, route)
+        self._metrics.task_redeliveries.labels(task, route).inc()

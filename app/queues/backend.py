@@ -1,0 +1,75 @@
+"""The seam between scheduling a task and what runs it, and what travels with a queued task.
+
+The scheduler hands a task over by its registry name, with its JSON arguments, to a ``Backend``.
+A backend runs it in process (after the response) or puts it on a broker before the response;
+a broker that does not take it in time raises ``QueueUnavailable``, and the client gets a 503.
+"""
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import BackgroundTasks
+from opentelemetry import propagate
+from opentelemetry.sdk.trace import TracerProvider
+
+NO_ROUTE = "none"  # scheduled outside a request
+_ROUTE, _ENQUEUED_AT = "origin_route", "enqueued_at"
+
+
+class QueueUnavailable(Exception):
+    """The broker was down, refused the task, or did not answer within ENQUEUE_TIMEOUT_SECONDS."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class Backend(Protocol):
+    def instrument(self, tracer_provider: TracerProvider) -> None:
+        """Starts the library's own spans in this process (the PRODUCER span of each enqueue)."""
+
+    async def schedule(
+        self, background_tasks: BackgroundTasks, name: str, args: tuple[Any, ...], route: str
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What travels with a queued task besides its arguments, defined once: its id, the route that
+    scheduled it (its label on the worker), when it was enqueued (the queue wait is measured from
+    it) and the trace context, for a library whose instrumentation does not carry it itself.
+    Every adapter writes it with ``headers()`` and reads it back with ``Envelope.read()``."""
+
+    task_id: str
+    route: str
+    enqueued_at: float
+    trace: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, route: str) -> "Envelope":
+        trace: dict[str, str] = {}
+        propagate.inject(trace)
+        return cls(str(uuid.uuid4()), route, time.time(), trace)
+
+    def headers(self, *, with_trace: bool) -> dict[str, Any]:
+        headers: dict[str, Any] = {_ROUTE: self.route, _ENQUEUED_AT: self.enqueued_at}
+        return headers | self.trace if with_trace else headers
+
+    @classmethod
+    def read(cls, headers: Mapping[str, Any] | None, task_id: str) -> "Envelope":
+        headers = headers or {}
+        enqueued_at = headers.get(_ENQUEUED_AT)
+        trace = {key: str(headers[key]) for key in propagate.get_global_textmap().fields if key in headers}
+        return cls(
+            task_id,
+            str(headers.get(_ROUTE) or NO_ROUTE),
+            float(enqueued_at) if enqueued_at is not None else time.time(),
+            trace,
+        )
+
+    def waited(self) -> float:
+        # Wall clocks of two machines: a skewed clock shows as a wait of zero, never negative.
+        return max(0.0, time.time() - self.enqueued_at)

@@ -1,0 +1,54 @@
+"""A backend on a broker: the task is published before the response, so a 200 means the broker
+holds it. The publish blocks (every library's client does), so it runs on a thread of its own,
+within ENQUEUE_TIMEOUT_SECONDS; a broker that is down or slow raises QueueUnavailable. What is
+particular to a library is its ``Producer``."""
+
+from typing import Any, Protocol
+
+from anyio import CapacityLimiter, fail_after, to_thread
+from fastapi import BackgroundTasks
+from opentelemetry.sdk.trace import TracerProvider
+
+from app.observability.books import Books
+from app.queues.backend import Envelope, QueueUnavailable
+
+
+class Producer(Protocol):
+    errors: tuple[type[BaseException], ...]  # what the library raises when the broker fails
+    max_senders: int  # publishes at once: its connection pool's size
+
+    def publish(self, name: str, args: tuple[Any, ...], envelope: Envelope) -> None: ...
+    def instrument(self, tracer_provider: TracerProvider) -> None: ...
+
+
+class BrokerBackend:
+    def __init__(self, producer: Producer, books: Books, *, timeout: float) -> None:
+        self.producer = producer
+        self._books = books
+        self._timeout = timeout
+        self._senders = CapacityLimiter(producer.max_senders)
+        self._unavailable: tuple[type[BaseException], ...] = (TimeoutError, OSError, *producer.errors)
+
+    def instrument(self, tracer_provider: TracerProvider) -> None:
+        self.producer.instrument(tracer_provider)
+
+    async def schedule(
+        self,
+        background_tasks: BackgroundTasks,  # noqa: ARG002 - nothing runs here after the response
+        name: str,
+        args: tuple[Any, ...],
+        route: str,
+    ) -> None:
+        envelope = Envelope.new(route)
+        try:
+            with fail_after(self._timeout):
+                await to_thread.run_sync(
+                    self._send, name, args, envelope, limiter=self._senders, abandon_on_cancel=True
+                )
+        except self._unavailable as exc:
+            raise QueueUnavailable(type(exc).__name__) from None
+
+    def _send(self, name: str, args: tuple[Any, ...], envelope: Envelope) -> None:
+        self.producer.publish(name, args, envelope)
+        # Counted once the broker holds it, even if the request gave up waiting: the task will run.
+        self._books.enqueued(name, envelope.route)

@@ -1,0 +1,191 @@
+"""The worker's Celery: queued tasks run inside ``observed_task``, as in-process ones do.
+
+The task span is opentelemetry-instrumentation-celery's CONSUMER ``run/<task>`` span, a child of
+its PRODUCER ``apply_async/<task>`` span in the web request's trace; ``observed_task`` enriches it
+rather than stacking a second one. The envelope (app/queues/backend.py) gives the route and the
+queue wait, so the labels match the in-process ones.
+
+``CeleryWorkerSignals`` connects Celery's signals to the worker-process lifecycle
+(app/observability/worker_process.py) and to the books; ``uninstall`` disconnects them. Two
+consumer bootsteps run at each connection to the broker: ``RestoreOrphans`` gives back what a
+broker crash left unacknowledged, and ``ConsumerAlive`` keeps the liveness file fresh.
+"""
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+from celery import Celery, Task, bootsteps, signals
+from celery.apps import worker as celery_worker
+from celery.exceptions import Retry
+from opentelemetry import trace
+
+from app.observability.logging import JsonFormatter, configure_logging
+from app.observability.task_telemetry import observed_task
+from app.observability.worker_process import QueueWorkerTelemetry, WorkerProcesses
+from app.queues.backend import Envelope
+from app.queues.celery.depth import QueueCollector
+from app.queues.celery.tracing import instrument_celery
+from app.settings import Settings
+
+
+def _telemetry(app: Celery) -> QueueWorkerTelemetry:
+    processes: WorkerProcesses = app.worker_processes
+    return processes.telemetry
+
+
+class ObservedTask(Task):
+    """Every queued task's class: its run is observed like an in-process task's."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        telemetry = _telemetry(self.app)
+        request = self.request
+        envelope = Envelope.read(request.headers, request.id)
+        telemetry.books.seen(self.name, envelope.route)
+        if (request.delivery_info or {}).get("redelivered"):
+            telemetry.books.redelivered(self.name, envelope.route)
+        with observed_task(
+            telemetry,
+            trace.get_current_span(),
+            self.name,
+            envelope.route,
+            start_delay=envelope.waited(),
+            arguments=(args, kwargs),
+            contain=False,
+            requeued=(Retry,),
+        ):
+            return self.run(*args, **kwargs)
+
+
+class ConsumerAlive(bootsteps.StartStopStep):
+    """Touches WORKER_ALIVE_FILE every few seconds while the consumer is connected and its event loop
+    turns. A file gone stale means the consumer is gone while the process may still live (a broker
+    away for long, a loop stuck): what the liveness probe checks, as `/metrics` cannot."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    INTERVAL = 5.0
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._timer: Any = None
+
+    def start(self, parent: Any) -> None:
+        path = _telemetry(parent.app).alive_file
+        path.touch()
+        self._timer = parent.timer.call_repeatedly(self.INTERVAL, path.touch)
+
+    def stop(self, parent: Any) -> None:  # noqa: ARG002 - Celery's bootstep signature
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    shutdown = stop
+
+
+class RestoreOrphans(bootsteps.StartStopStep):
+    """After each connection to Redis, gives back the messages delivered before Redis last started.
+
+    Redis's acknowledgements are emulated (kombu keeps a delivered message in an `unacked` hash
+    until its ack), and a crash cuts every consumer's connection: a message delivered before it can
+    never be acknowledged, and kombu alone would give it back only after the visibility timeout.
+    A message delivered before the broker's start is such an orphan whatever worker took it, so any
+    worker may give it back, and kombu's `restore_by_tag` makes two workers doing so restore it once.
+    A task that was running runs again: a redelivery, counted as one.
+    """
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+    # Delivery times are the workers' clocks, the start is Redis's: a margin for their skew.
+    CLOCK_SKEW_SECONDS = 1.0
+
+    def start(self, parent: Any) -> None:
+        channel = parent.connection.default_channel
+        if parent.connection.transport.driver_type != "redis":
+            return
+        client = channel.client
+        seconds, _micro = client.time()
+        broker_started = seconds - client.info("server")["uptime_in_seconds"]
+        orphans = client.zrangebyscore(channel.unacked_index_key, 0, broker_started - self.CLOCK_SKEW_SECONDS)
+        for tag in orphans:
+            channel.qos.restore_by_tag(tag, client)
+        if orphans:
+            _telemetry(parent.app).logger.warning(
+                "messages delivered before the broker restarted given back", extra={"messages": len(orphans)}
+            )
+
+
+def _say_as_json(message: str, *_: Any) -> None:
+    """Celery prints its shutdown notices from signal handlers with os.write, which takes no lock
+    a handler could deadlock on. Still os.write, as a JSON line like every other."""
+    record = logging.LogRecord("celery.apps.worker", logging.WARNING, __file__, 0, message.strip(), None, None)
+    with contextlib.suppress(OSError):  # as Celery's: losing a notice must not abort the shutdown
+        os.write(2, (JsonFormatter().format(record) + "\n").encode())
+
+
+class CeleryWorkerSignals:
+    """The worker's handlers, one per Celery signal, named for it."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self._app = app
+        self._settings = settings
+        self.processes = WorkerProcesses(
+            settings, instrument=instrument_celery, collectors=lambda logger: [QueueCollector(app, logger)]
+        )
+        self._connected: list[tuple[Any, Any]] = [
+            (signals.celeryd_init, self.on_celeryd_init),
+            (signals.setup_logging, self.on_setup_logging),
+            (signals.worker_init, self.on_worker_init),
+            (signals.worker_process_init, self.on_worker_process_init),
+            (signals.worker_process_shutdown, self.on_worker_process_shutdown),
+            (signals.task_revoked, self.on_task_revoked),
+            (signals.task_unknown, self.on_task_unknown),
+        ]
+
+    def install(self) -> None:
+        self._app.worker_processes = self.processes
+        self._app.steps["consumer"].update({ConsumerAlive, RestoreOrphans})
+        for signal, handler in self._connected:
+            signal.connect(handler, weak=False)
+
+    def uninstall(self) -> None:
+        for signal, handler in self._connected:
+            signal.disconnect(handler)
+        self._app.steps["consumer"].difference_update({ConsumerAlive, RestoreOrphans})
+
+    def on_celeryd_init(self, instance: Any = None, **_: Any) -> None:
+        # The first hook of `celery worker`, before its privilege check warns: from here on, lines
+        # are in our format. No banner: it is printed, not logged; the "ready" line says the same.
+        configure_logging(self._settings.log_level, self._settings.log_format)
+        if self._settings.log_format == "json":
+            celery_worker.safe_say = _say_as_json
+        instance.quiet = True
+
+    def on_setup_logging(self, **_: Any) -> None:
+        pass  # connected, it stops Celery's own setup (and its --loglevel) in the worker and its children
+
+    def on_worker_init(self, **_: Any) -> None:
+        self.processes.before_fork()
+
+    def on_worker_process_init(self, **_: Any) -> None:
+        self.processes.in_child()
+
+    def on_worker_process_shutdown(self, **_: Any) -> None:
+        self.processes.at_child_exit()
+
+    def on_task_revoked(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        # The sender is the task; the request is its context, which carries the headers, no name.
+        self._dropped(request, getattr(sender, "name", None) or "unknown", "revoked")
+
+    def on_task_unknown(self, name: str = "unknown", message: Any = None, **_: Any) -> None:
+        self._dropped(message, name, "unregistered")
+
+    def _dropped(self, carrier: Any, task: str, reason: str) -> None:
+        envelope = Envelope.read(getattr(carrier, "headers", None), task_id="")
+        self.processes.telemetry.books.dropped(task, envelope.route, reason)
+
+
+def install(app: Celery, settings: Settings) -> CeleryWorkerSignals:
+    """Connects the worker's handlers: call once, on the worker's own Celery app."""
+    handlers = CeleryWorkerSignals(app, settings)
+    handlers.install()
+    return handlers

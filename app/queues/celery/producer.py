@@ -1,0 +1,32 @@
+"""The web side's Celery: publishes a task with its envelope. The trace context travels in the
+headers that opentelemetry-instrumentation-celery writes, so the envelope leaves it out."""
+
+from typing import Any
+
+from kombu.exceptions import OperationalError
+from opentelemetry.sdk.trace import TracerProvider
+
+from app.queues.backend import Envelope
+from app.queues.celery.app import create_celery
+from app.queues.celery.tracing import end_producer_span, instrument_celery
+from app.settings import Settings
+from app.task_registry import TaskRegistry
+
+
+class CeleryProducer:
+    errors: tuple[type[BaseException], ...] = (OperationalError,)
+    max_senders = 10  # kombu's producer pool holds 10 connections: more threads would only wait
+
+    def __init__(self, settings: Settings, tasks: TaskRegistry) -> None:
+        self.celery = create_celery(settings, tasks, producer=True)
+
+    def instrument(self, tracer_provider: TracerProvider) -> None:
+        instrument_celery(tracer_provider)
+
+    def publish(self, name: str, args: tuple[Any, ...], envelope: Envelope) -> None:
+        task = self.celery.tasks[name]
+        try:
+            task.apply_async(args, task_id=envelope.task_id, headers=envelope.headers(with_trace=False))
+        except BaseException as exc:
+            end_producer_span(task, envelope.task_id, exc)
+            raise

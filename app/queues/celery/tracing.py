@@ -1,0 +1,27 @@
+"""Celery's spans: opentelemetry-instrumentation-celery, on both sides."""
+
+from typing import Any
+
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
+from opentelemetry.instrumentation.celery import utils as celery_tracing
+from opentelemetry.sdk.trace import TracerProvider
+
+
+def instrument_celery(tracer_provider: TracerProvider) -> None:
+    """The PRODUCER span of each enqueue (web side) or the CONSUMER span of each run (worker).
+    Under ``opentelemetry-instrument``, the global provider's instrumentation is replaced, so
+    nothing is instrumented twice."""
+    instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()
+    instrumentor.instrument(tracer_provider=tracer_provider)
+
+
+def end_producer_span(task: Any, task_id: str, exc: BaseException) -> None:
+    """The instrumentation ends its PRODUCER span only after a successful publish; a failed one
+    would stay open and attached to the task object forever."""
+    context = celery_tracing.retrieve_context(task, task_id, is_publish=True)
+    if context is not None:
+        _span, activation, _token = context
+        activation.__exit__(type(exc), exc, exc.__traceback__)  # records it, status ERROR, ends it
+        celery_tracing.detach_context(task, task_id, is_publish=True)
