@@ -24,10 +24,10 @@ def task_registry(settings: Settings) -> TaskRegistry:
             send_email, log, delay_seconds=settings.email_send_seconds, failure_rate=settings.email_failure_rate
         ),
     }
-    return {name: _named(func, name) for name, func in tasks.items()}
+    return {name: named(func, name) for name, func in tasks.items()}
 
 
-def _named(func: Callable[..., None], name: str) -> Callable[..., None]:
+def named(func: Callable[..., None], name: str) -> Callable[..., None]:
     """The function under its registry name: a partial has none, and a function's own name may
     differ from its key (``"welcome": partial(send_email, …)``). Queue libraries read a task's
     name and module off it; the in-process wrapper reads its qualified name."""

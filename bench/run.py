@@ -44,11 +44,11 @@ from app.observability.errors import start_sentry
 from app.observability.instrumentation import instrument_app
 from app.observability.logging import LOGGER_NAME, configure_logging
 from app.observability.metrics import Metrics
-from app.observability.task_wrapper import _run_batch
+from app.observability.task_wrapper import run_batch
 from app.observability.tracing import make_tracer_provider, start_export
 from app.settings import Settings
 from bench import bare_app, loadgen
-from tests.support import (
+from harness import (
     TOKEN,
     CeleryWorker,
     Gunicorn,
@@ -299,7 +299,7 @@ def wrapper_cost(otlp_endpoint: str, sentry_dsn: str, tasks: int = 5_000, repeat
 
         async def wrapped(record: RequestRecord = record) -> None:
             for _ in range(tasks):
-                await _run_batch(record, [task])
+                await run_batch(record, [task])
 
         samples = [(measure(bare), measure(wrapped)) for _ in range(repeats)]
         results[name] = {

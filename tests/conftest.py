@@ -2,7 +2,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import TOKEN, Gunicorn, OtlpReceiver, SentryIngest, Stack, started
+from harness import TOKEN, Gunicorn, OtlpReceiver, SentryIngest, Stack, started
 
 MAX_MESSAGE_LENGTH = 200
 EMAIL_SEND_SECONDS = 1.0

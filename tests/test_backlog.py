@@ -4,7 +4,7 @@ import logging
 
 from app.observability.backlog import Backlog
 from app.observability.metrics import Metrics
-from tests.support import Metrics as Scrape
+from harness import Metrics as Scrape
 
 
 def _backlog(limit: int = 3) -> tuple[Backlog, Metrics]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import CeleryWorker, Gunicorn, Metrics, RedisServer, children, wait_for
+from harness import CeleryWorker, Gunicorn, Metrics, RedisServer, children, wait_for
 
 TASK = {"task": "send_email", "route": "/send-mail/"}
 CRASHES = 5

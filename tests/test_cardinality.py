@@ -4,7 +4,7 @@ import random
 import string
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.support import Stack
+from harness import Stack
 
 REQUESTS = 10_000
 THREADS = 4

@@ -4,8 +4,8 @@ import uuid
 
 import pytest
 
+from harness import TOKEN, Stack, wait_for
 from tests.conftest import MAX_MESSAGE_LENGTH
-from tests.support import TOKEN, Stack, wait_for
 
 
 def _once(stack: Stack, line_end: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ROOT, TOKEN, Gunicorn, log_lines, started, wait_for
+from harness import ROOT, TOKEN, Gunicorn, log_lines, started, wait_for
 
 ROUNDS = 60  # per endpoint and batch: 240 requests per batch
 ENDPOINTS = {  # route: (task, request parameters for the i-th call)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import (
+from harness import (
     PROMETHEUS_DIR,
     ROOT,
     TOKEN,

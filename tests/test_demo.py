@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import ROOT, TOKEN, Gunicorn, started
+from harness import ROOT, TOKEN, Gunicorn, started
 
 
 def test_the_demo_fills_the_dashboards(tmp_path: Path) -> None:

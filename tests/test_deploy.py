@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from app.settings import SHUTDOWN_FLUSH_SECONDS, Settings
-from tests.support import ROOT
+from harness import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
 BIN = Path(sys.executable).parent

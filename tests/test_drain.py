@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import Gunicorn, wait_for
+from harness import Gunicorn, wait_for
 
 DRAIN_SECONDS = 4
 MESSAGES = 2000

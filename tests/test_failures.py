@@ -3,7 +3,7 @@
 import json
 import uuid
 
-from tests.support import TOKEN, Stack, log_lines, trace_id_of, wait_for
+from harness import TOKEN, Stack, log_lines, trace_id_of, wait_for
 
 SERVER, ERROR = 2, 2  # OTLP SpanKind.SERVER and StatusCode.ERROR
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from tests.support import TOKEN, Stack, wait_for
+from harness import TOKEN, Stack, wait_for
 
 EXAMPLES = 80  # per operation, mode and caller: 3 routes x 2 modes x 80, plus /notify/
 

@@ -2,8 +2,8 @@
 
 import time
 
+from harness import Stack
 from tests.conftest import EMAIL_SEND_SECONDS
-from tests.support import Stack
 
 REQUESTS = 10
 

@@ -10,7 +10,7 @@ import yaml
 
 from app.observability.metrics import Metrics
 from app.queues.celery.depth import QUEUED, UNACKED
-from tests.support import ROOT
+from harness import ROOT
 
 GRAFANA = ROOT / "grafana"
 # Series Prometheus makes itself for every target, not part of the app's catalogue.

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import ROOT, TOKEN, app_lines, free_port, wait_for
+from harness import ROOT, TOKEN, app_lines, free_port, wait_for
 
 pytestmark = pytest.mark.container
 

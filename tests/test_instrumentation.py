@@ -21,7 +21,7 @@ from app.main import create_app
 from app.observability.task_wrapper import _observed_call
 from app.settings import Settings
 from app.tasks import LogFile, write_log
-from tests.support import TOKEN, Gunicorn, OtlpReceiver, Span, trace_id_of, wait_for
+from harness import TOKEN, Gunicorn, OtlpReceiver, Span, trace_id_of, wait_for
 
 SERVER = 2
 # Collected before any test runs create_app: what a fresh process starts with.

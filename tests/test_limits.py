@@ -6,8 +6,8 @@ from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from harness import Stack, wait_for
 from tests.conftest import MAX_MESSAGE_LENGTH
-from tests.support import Stack, wait_for
 
 UVICORN_REFUSAL = "Invalid HTTP request received."
 

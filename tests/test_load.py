@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import Gunicorn
+from harness import Gunicorn
 
 PENDING = 200
 MAX_PENDING_TASKS = 100

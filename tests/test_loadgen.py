@@ -3,7 +3,7 @@
 import uuid
 
 from bench import loadgen
-from tests.support import Stack
+from harness import Stack
 
 
 def test_every_response_the_load_generator_counts_was_served_once(stack: Stack) -> None:

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 from app.gunicorn_worker import INVALID_REQUEST
-from tests.support import TOKEN, CeleryWorker, Gunicorn, RedisServer, log_lines, wait_for
+from harness import TOKEN, CeleryWorker, Gunicorn, RedisServer, log_lines, wait_for
 
 SECRET = "secret-in-a-malformed-request"
 TRACE_ID = re.compile(r"[0-9a-f]{32}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from app.observability.multiprocess import exposition, merge_dead_worker
-from tests.support import Metrics
+from harness import Metrics
 
 COUNTER = mmap_key("jobs", "jobs_total", ["task"], ["email"], "Jobs.")
 BUCKET = mmap_key("wait_seconds", "wait_seconds_bucket", ["le"], ["1.0"], "Wait.")

@@ -21,7 +21,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from app.queues.celery.app import create_celery
 from app.settings import Settings
-from tests.support import (
+from harness import (
     CeleryWorker,
     Gunicorn,
     Metrics,

@@ -9,7 +9,7 @@ import os
 import signal
 from pathlib import Path
 
-from tests.support import TOKEN, Gunicorn, started, wait_for
+from harness import TOKEN, Gunicorn, started, wait_for
 
 RECYCLES = 500
 WORKERS = 8  # a worker's life here is mostly waiting (boot, drain): more of them recycle faster

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import TOKEN, Gunicorn, OtlpReceiver, SentryIngest, Stack, started, trace_id_of, wait_for
+from harness import TOKEN, Gunicorn, OtlpReceiver, SentryIngest, Stack, started, trace_id_of, wait_for
 
 WRONG_TOKEN = "wrong-" + uuid.uuid4().hex  # what a caller sent: a secret of theirs, just as private
 METRICS_TOKEN = "metrics-" + uuid.uuid4().hex

@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.support import ROOT, Stack, wait_for
+from harness import ROOT, Stack, wait_for
 
 SENTRY_DIR = ROOT / "deploy" / "sentry"
 SCHEMA = json.loads((SENTRY_DIR / "schema.json").read_text())

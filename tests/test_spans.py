@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from tests.support import TOKEN, Stack, trace_id_of, wait_for
+from harness import TOKEN, Stack, trace_id_of, wait_for
 
 SERVER = 2
 

@@ -15,7 +15,7 @@ from app.main import create_app
 from app.observability.task_wrapper import task_name
 from app.settings import Settings
 from app.tasks import write_log
-from tests.support import Metrics, post_scope
+from harness import Metrics, post_scope
 
 
 def test_task_name_is_the_qualified_name_through_partials() -> None:

@@ -17,7 +17,7 @@ from app.main import create_app
 from app.observability import task_telemetry
 from app.settings import Settings
 from app.tasks import LogFile, write_log
-from tests.support import Metrics
+from harness import Metrics
 
 
 class Broken(Exception):

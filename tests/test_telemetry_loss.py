@@ -11,7 +11,7 @@ from threading import Thread
 
 import pytest
 
-from tests.support import Gunicorn, OtlpReceiver, SentryIngest, free_port, started
+from harness import Gunicorn, OtlpReceiver, SentryIngest, free_port, started
 
 REQUESTS = 200
 SPANS = 2 * 2 * REQUESTS  # a server span and a task span per request, over the warm-up and the run

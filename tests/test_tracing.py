@@ -3,7 +3,7 @@
 from app.observability.metrics import Metrics
 from app.observability.tracing import make_tracer_provider, start_export
 from app.settings import Settings
-from tests.support import free_port
+from harness import free_port
 
 
 def test_a_span_ended_after_shutdown_is_counted_as_dropped() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import PROMETHEUS_DIR, ROOT, Gunicorn, Prometheus, start_prometheus, started, wait_for
+from harness import PROMETHEUS_DIR, ROOT, Gunicorn, Prometheus, start_prometheus, started, wait_for
 
 EMAILS = 8
 LOGS = 10

@@ -1,0 +1,95 @@
+"""A real Prometheus (Debian's) for the dashboards' and alerts' queries, and a parsed `/metrics`."""
+
+import shutil
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.processes import ROOT, free_port, spawn, wait_for
+
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+
+
+@dataclass
+class Prometheus:
+    url: str
+    at: float | None = None  # evaluation time; None: now
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"query": expr} if self.at is None else {"query": expr, "time": self.at}
+        response = httpx.get(self.url + "/api/v1/query", params=params, timeout=30)
+        body = response.json()
+        assert body["status"] == "success", (expr, body)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        response = httpx.get(self.url + f"/api/v1/label/{label}/values", params={"match[]": match}, timeout=30)
+        values: list[str] = response.json()["data"]
+        return values
+
+
+def start_prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[Prometheus]:
+    """Debian's prometheus with the repo's config and rules, scraping each job's target every second."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(PROMETHEUS_DIR / "alerts.yml")]
+    config.pop("alerting")  # no Alertmanager here
+    config["scrape_configs"] = [
+        {**job, "static_configs": [{"targets": [targets[job["job_name"]]]}]}
+        for job in config["scrape_configs"]
+        if job["job_name"] in targets
+    ]
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    binary = shutil.which("prometheus")
+    assert binary is not None, "make test installs Debian's prometheus"
+    args = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    process = spawn(args, None, workdir / "prometheus.log")
+    prometheus = Prometheus(f"http://127.0.0.1:{port}")
+    try:
+        wait_for(lambda: _prometheus_ready(prometheus), what="prometheus to be ready")
+        yield prometheus
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def _prometheus_ready(prometheus: Prometheus) -> bool:
+    try:
+        return httpx.get(prometheus.url + "/-/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
+    @classmethod
+    def parse(cls, text: str) -> "Metrics":
+        metrics = cls()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                metrics[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        return metrics
+
+    def since(self, before: "Metrics") -> "Metrics":
+        return Metrics({key: self.get(key, 0.0) - before.get(key, 0.0) for key in self.keys() | before.keys()})
+
+    def get_value(self, name: str, **labels: str) -> float:
+        """The sum over every series of `name` whose labels include `labels`."""
+        wanted = set(labels.items())
+        return sum(v for (n, ls), v in self.items() if n == name and wanted <= ls)
+
+    def label_values(self, name: str, label: str) -> set[str]:
+        return {dict(ls)[label] for (n, ls) in self if n == name and label in dict(ls)}
