@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(default="json", description="text: one readable line, for a terminal.")
     access_log: bool = Field(default=False, description="A line per request: route template, status, duration.")
 
-    # The queue (app/queued.py). Unset: every task runs in the web worker that scheduled it.
+    # The queue (app/queues/) of the heavy tasks (app/task_registry.py). Unset: they run in the web worker.
     celery_broker_url: RedisDsn | None = Field(default=None, description="redis://…; set: heavy tasks go to Celery.")
     enqueue_timeout_seconds: float = Field(
         default=1.0, ge=0.05, le=30, description="Longest a request waits for the broker before its 503."

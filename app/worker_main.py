@@ -21,27 +21,12 @@ import tempfile
 import time
 from types import FrameType
 
-from pydantic import ValidationError
-
-from app.observability.logging import LOGGER_NAME, configure_logging, exit_with
+from app.observability.logging import LOGGER_NAME, configure_logging
 from app.observability.worker_process import RESTARTED_ENV
-from app.queues import worker_command
-from app.settings import Settings, describe_error
+from app.queues import worker_command, worker_settings
 
 # A worker that dies at once (bad settings, no broker for its retries) is not started in a tight loop.
 RESTART_DELAY_SECONDS = 1.0
-
-
-def worker_settings() -> Settings:
-    """The worker's settings, or an exit naming what is wrong: checked here before the first start,
-    so that a mistake stops the entry point rather than restarting the worker for ever."""
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        exit_with(describe_error(error))
-    if settings.celery_broker_url is None:
-        exit_with("Invalid settings:\n  CELERY_BROKER_URL: required by the worker, e.g. redis://127.0.0.1:6379/0")
-    return settings
 
 
 def main(argv: list[str]) -> int:

@@ -2,7 +2,7 @@
 
 ``logging_config`` is the one configuration, applied through each server's own hook: gunicorn's
 ``logconfig_dict`` (deploy/gunicorn.conf.py; uvicorn-worker hands gunicorn's handlers on to
-uvicorn's loggers), and Celery's ``celeryd_init`` signal (celery_tasks.py). Third-party loggers
+uvicorn's loggers), and Celery's ``celeryd_init`` signal (app/queues/celery/consumer.py). Third-party loggers
 propagate to the root handler, so their lines and tracebacks come out in the same format.
 """
 

@@ -5,10 +5,13 @@ Adding a backend is one package under app/queues/ and one line in each function 
 adapter imports its library, and only when settings choose it.
 """
 
+from pydantic import ValidationError
+
 from app.observability.books import Books
+from app.observability.logging import exit_with
 from app.queues.backend import Backend
 from app.queues.inprocess import InProcess
-from app.settings import Settings
+from app.settings import Settings, describe_error
 from app.task_registry import TaskRegistry
 
 
@@ -19,6 +22,18 @@ def backend_for(settings: Settings, tasks: TaskRegistry, books: Books) -> Backen
     from app.queues.celery.producer import CeleryProducer  # noqa: PLC0415
 
     return BrokerBackend(CeleryProducer(settings, tasks), books, timeout=settings.enqueue_timeout_seconds)
+
+
+def worker_settings() -> Settings:
+    """The worker's settings, or an exit naming what is wrong: checked here before the first start,
+    so that a mistake stops the entry point rather than restarting the worker for ever."""
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        exit_with(describe_error(error))
+    if settings.celery_broker_url is None:
+        exit_with("Invalid settings:\n  CELERY_BROKER_URL: required by the worker, e.g. redis://127.0.0.1:6379/0")
+    return settings
 
 
 def worker_command(argv: list[str]) -> list[str]:

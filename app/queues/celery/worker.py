@@ -11,10 +11,10 @@ import tempfile
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="prometheus-multiproc-worker-"))
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
+from app.queues import worker_settings  # noqa: E402
 from app.queues.celery.app import create_celery  # noqa: E402
 from app.queues.celery.consumer import install  # noqa: E402
 from app.task_registry import task_registry  # noqa: E402
-from app.worker_main import worker_settings  # noqa: E402
 
 settings = worker_settings()  # fail before any child forks, naming the setting
 app = create_celery(settings, task_registry(settings), producer=False)
