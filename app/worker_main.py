@@ -17,11 +17,11 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from types import FrameType
 
 from app.observability.logging import LOGGER_NAME, configure_logging
+from app.observability.metrics_directory import use_metrics_directory
 from app.observability.worker_process import RESTARTED_ENV
 from app.queues import worker_command, worker_settings
 
@@ -45,9 +45,9 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    # One metrics directory for every Celery worker it starts, so a restart keeps the counts.
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="prometheus-multiproc-worker-")
-    env = {**os.environ, "REMAP_SIGTERM": "SIGQUIT", "PROMETHEUS_MULTIPROC_DIR": directory}
+    # One metrics directory for every worker it starts, so a restart keeps the counts.
+    use_metrics_directory("prometheus-multiproc-worker-")
+    env = {**os.environ, "REMAP_SIGTERM": "SIGQUIT"}
     restarts = 0
     while True:
         child = subprocess.Popen(command, env=env)  # noqa: S603 - our own interpreter and arguments

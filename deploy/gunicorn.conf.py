@@ -5,9 +5,7 @@ Run from the project root: gunicorn -c deploy/gunicorn.conf.py
 
 import logging
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +13,11 @@ from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# Set before anything imports prometheus_client, which picks its storage at import: a process
-# that imported it first would keep its values in memory, invisible to scrapes. A HUP reload
-# runs this file again and finds the variable already set.
-_multiproc_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="prometheus-multiproc-"))
-os.makedirs(_multiproc_dir, exist_ok=True)
+from app.observability.metrics_directory import use_metrics_directory
+
+# First, before anything imports prometheus_client. A HUP reload runs this file again and finds
+# the variable already set.
+_multiproc_dir = use_metrics_directory("prometheus-multiproc-")
 
 from app.observability.logging import exit_with, logging_config  # noqa: E402
 from app.observability.multiprocess import merge_dead_worker, wipe  # noqa: E402

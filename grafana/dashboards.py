@@ -396,10 +396,13 @@ def service() -> Any:
                 "spans dropped {{reason}}": f"sum by (reason) (rate(otel_spans_dropped_total{{{TARGET}}}[{RATE}]))",
                 "Sentry events lost {{reason}}": "sum by (reason) "
                 f"(rate(sentry_events_lost_total{{{TARGET}}}[{RATE}]))",
+                "task telemetry failed {{part}}": "sum by (part) "
+                f"(rate(background_task_telemetry_errors_total{{{TARGET}}}[{RATE}]))",
             },
             "ops",
             "Anything but exported success means traces or Sentry events are missing: the collector or "
-            "Sentry refused, hung or fell behind. Requests are not slowed by it.",
+            "Sentry refused, hung or fell behind. Requests are not slowed by it. A task's telemetry that "
+            "failed (its metrics, span, Sentry report or log line) never changed the task's outcome.",
         ),
     ]
     return _dashboard(

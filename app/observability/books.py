@@ -11,16 +11,21 @@ import threading
 
 from app.observability.metrics import Metrics
 
-# shutdown: still running or waiting when a web worker's drain deadline came; cancelled: cut short
-# outside a shutdown; revoked: a queued task revoked before it ran; unregistered: a queued task
-# whose name the worker does not know.
-DROP_REASONS = ("shutdown", "cancelled", "revoked", "unregistered")
+# Why a task was dropped, by where it can happen. In a web worker: shutdown, still running or
+# waiting when the drain deadline came; cancelled, cut short outside a shutdown. In a queue
+# worker: revoked before it ran; unregistered, a name the worker does not know.
+WEB_DROPS = ("shutdown", "cancelled")
+QUEUE_DROPS = ("revoked", "unregistered")
 
 
 class Books:
-    def __init__(self, metrics: Metrics, logger: logging.Logger) -> None:
+    """One per process. A queue worker's books (``queue_worker=True``) also export redeliveries."""
+
+    def __init__(self, metrics: Metrics, logger: logging.Logger, *, queue_worker: bool = False) -> None:
         self._metrics = metrics
         self._logger = logger
+        self._queue_worker = queue_worker
+        self._drops = QUEUE_DROPS if queue_worker else WEB_DROPS
         self._lock = threading.Lock()
         self._tasks: set[tuple[str, str]] = set()
         self._enqueued: set[tuple[str, str]] = set()
@@ -31,9 +36,10 @@ class Books:
             return
         with self._lock:
             self._tasks.add((task, route))
-            for reason in DROP_REASONS:
+            for reason in self._drops:
                 self._metrics.tasks_dropped.labels(task, route, reason)
-            self._metrics.task_redeliveries.labels(task, route)
+            if self._queue_worker:
+                self._metrics.task_redeliveries.labels(task, route)
 
     def route_seen(self, route: str) -> None:
         """A route that hands tasks over: its rejections are exported from now on."""

@@ -86,7 +86,11 @@ class WorkerProcesses:
         if restarted:
             metrics.worker_restarts.inc()
         self._telemetry = QueueWorkerTelemetry(
-            metrics, Books(metrics, logger), logger, settings.telemetry_include_pii, settings.worker_alive_file
+            metrics,
+            Books(metrics, logger, queue_worker=True),
+            logger,
+            settings.telemetry_include_pii,
+            settings.worker_alive_file,
         )
         start_sentry(settings, metrics)
         registry = CollectorRegistry(auto_describe=False)
