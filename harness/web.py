@@ -144,6 +144,10 @@ class Gunicorn:
     def log_file_lines(self) -> list[str]:
         return self.log_file.read_text().splitlines() if self.log_file.exists() else []
 
+    def emails_sent(self) -> list[str]:
+        """The address of each "Sent email to" line, one per run of send_email (repeats included)."""
+        return [line.split()[3].rstrip(":") for line in self.log_file_lines() if line.startswith("Sent email to")]
+
     def median_scrape_seconds(self, scrapes: int) -> float:
         """How long GET /metrics takes, the median of `scrapes` in a row on one connection."""
         timings = []

@@ -30,9 +30,7 @@ def crash(redis: RedisServer) -> None:
 
 
 def sent(web: Gunicorn) -> collections.Counter[str]:
-    return collections.Counter(
-        line.split()[3].rstrip(":") for line in web.log_file_lines() if line.startswith("Sent email to")
-    )
+    return collections.Counter(web.emails_sent())
 
 
 @pytest.fixture

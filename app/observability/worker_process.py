@@ -3,7 +3,7 @@ tasks: Celery's prefork children today, Dramatiq's processes and RQ's work horse
 
 A queue adapter calls these named hooks from its library's own events:
 - ``before_fork``, in the main process: the multiprocess metric directory wiped (unless the entry
-  point restarted this worker: it keeps the dead one's counts), the metrics, the books, Sentry
+  point owns it, and keeps the counts of a worker it restarts), the metrics, the books, Sentry
   (its transport thread restarts in each child), and ``/metrics`` on WORKER_METRICS_PORT;
 - ``in_child``, in each process that runs tasks: a dead process's files under its pid folded,
   the process gauge, the OpenTelemetry provider with its batch processor (a thread does not
@@ -32,7 +32,7 @@ from app.observability.metrics import Metrics
 from app.observability.tracing import make_tracer_provider, start_export
 from app.settings import Settings
 
-RESTARTED_ENV = "WORKER_RESTARTED"  # set by app/worker_main.py for a worker it starts again
+SUPERVISED_ENV = "WORKER_SUPERVISED"  # set by app/worker_main.py, which owns the metrics directory
 
 
 @dataclass(slots=True)
@@ -77,14 +77,11 @@ class WorkerProcesses:
 
     def before_fork(self) -> None:
         settings, logger = self._settings, logging.getLogger(LOGGER_NAME)
-        restarted = bool(os.environ.get(RESTARTED_ENV))
-        if not restarted:
+        if not os.environ.get(SUPERVISED_ENV):
             multiprocess.wipe(self._directory)
         # Made after the wipe: a metric made before it writes to a file the wipe unlinked, and
         # what the main process counts (drops) would never reach a scrape. Children inherit it.
         metrics = Metrics()
-        if restarted:
-            metrics.worker_restarts.inc()
         self._telemetry = QueueWorkerTelemetry(
             metrics,
             Books(metrics, logger, queue_worker=True),

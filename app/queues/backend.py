@@ -8,7 +8,7 @@ a broker that does not take it in time raises ``QueueUnavailable``, and the clie
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import BackgroundTasks
@@ -40,34 +40,32 @@ class Backend(Protocol):
 class Envelope:
     """What travels with a queued task besides its arguments, defined once: its id, the route that
     scheduled it (its label on the worker), when it was enqueued (the queue wait is measured from
-    it) and the trace context, for a library whose instrumentation does not carry it itself.
-    Every adapter writes it with ``headers()`` and reads it back with ``Envelope.read()``."""
+    it), and the trace context for a library whose instrumentation does not carry it itself (its
+    consumer reads it with ``opentelemetry.propagate.extract``). Every adapter writes it with
+    ``headers()`` and reads it back with ``Envelope.read()``."""
 
     task_id: str
     route: str
     enqueued_at: float
-    trace: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def new(cls, route: str) -> "Envelope":
-        trace: dict[str, str] = {}
-        propagate.inject(trace)
-        return cls(str(uuid.uuid4()), route, time.time(), trace)
+        return cls(str(uuid.uuid4()), route, time.time())
 
     def headers(self, *, with_trace: bool) -> dict[str, Any]:
         headers: dict[str, Any] = {_ROUTE: self.route, _ENQUEUED_AT: self.enqueued_at}
-        return headers | self.trace if with_trace else headers
+        if with_trace:  # the current context: the publish runs in the request's
+            propagate.inject(headers)
+        return headers
 
     @classmethod
     def read(cls, headers: Mapping[str, Any] | None, task_id: str) -> "Envelope":
         headers = headers or {}
         enqueued_at = headers.get(_ENQUEUED_AT)
-        trace = {key: str(headers[key]) for key in propagate.get_global_textmap().fields if key in headers}
         return cls(
             task_id,
             str(headers.get(_ROUTE) or NO_ROUTE),
             float(enqueued_at) if enqueued_at is not None else time.time(),
-            trace,
         )
 
     def waited(self) -> float:

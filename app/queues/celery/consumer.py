@@ -99,9 +99,9 @@ class RestoreOrphans(bootsteps.StartStopStep):
     CLOCK_SKEW_SECONDS = 1.0
 
     def start(self, parent: Any) -> None:
-        channel = parent.connection.default_channel
         if parent.connection.transport.driver_type != "redis":
             return
+        channel = parent.connection.default_channel
         client = channel.client
         seconds, _micro = client.time()
         broker_started = seconds - client.info("server")["uptime_in_seconds"]
