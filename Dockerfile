@@ -27,8 +27,8 @@ WORKDIR /srv
 COPY app/ app/
 COPY deploy/gunicorn.conf.py deploy/gunicorn.conf.py
 USER 10001:10001
-# 8000: the web service; 9808: /metrics of the Celery worker (the same image, command
-# `python -m app.worker_main`, where REMAP_SIGTERM makes SIGTERM a soft shutdown).
+# 8000: the web service; 9808: /metrics of the queue worker (the same image, command
+# `python -m app.worker_main`: TASK_QUEUE's own worker, with SIGTERM as a soft shutdown).
 EXPOSE 8000 9808
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['PORT'], timeout=2)"]

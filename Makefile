@@ -26,9 +26,9 @@ $(VENV)/.dev: $(BIN)/gunicorn requirements-dev.txt
 run: $(BIN)/gunicorn
 	$(BIN)/gunicorn -c deploy/gunicorn.conf.py
 
-# The Celery worker for heavy tasks: needs CELERY_BROKER_URL, as `make run` does to enqueue.
-# SIGTERM gives running tasks WORKER_SHUTDOWN_SECONDS, then requeues them (Celery's soft shutdown).
-# Celery's own options follow: make worker ARGS=--concurrency=4
+# The queue worker for heavy tasks: TASK_QUEUE's library (celery, dramatiq or rq) on BROKER_URL, as
+# `make run` uses them to enqueue. SIGTERM gives running tasks WORKER_SHUTDOWN_SECONDS, then requeues
+# them. The library's own options follow: make worker ARGS=--queues=default
 worker: $(BIN)/gunicorn
 	$(BIN)/python -m app.worker_main $(ARGS)
 
@@ -40,10 +40,12 @@ lint: $(VENV)/.dev
 test: lint services
 	$(BIN)/pytest
 
-# The dashboard and alert tests run Debian's prometheus and promtool; the queue tests redis-server.
+# The dashboard and alert tests run Debian's prometheus and promtool; the queue tests redis-server
+# and rabbitmq-server (started by the tests as their own nodes, not as the system's service).
 services:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v redis-server >/dev/null || { \
-	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q prometheus redis-server; }
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v redis-server >/dev/null \
+	  && [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || { \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q prometheus redis-server rabbitmq-server; }
 
 # Traffic for the dashboards, failing tasks included: start the stack first, e.g.
 # docker compose -f deploy/compose.yaml up --build (DEMO_URL, DEMO_SECONDS, API_TOKEN).
@@ -63,7 +65,7 @@ image-test: $(VENV)/.dev
 sentry-alerts:
 	$(PYTHON) deploy/sentry/apply.py $(ARGS)
 
-# Re-pin after editing requirements*.in. Needs uv; the output records no registry host.
+# Re-pin after editing requirements*.in. Needs uv (pip install uv); the output records no registry host.
 pins:
 	uv pip compile --python-version 3.11 --no-header requirements.in -o requirements.txt
 	uv pip compile --python-version 3.11 --no-header requirements-dev.in -o requirements-dev.txt

@@ -4,13 +4,25 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AnyHttpUrl, Field, RedisDsn, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AnyHttpUrl,
+    AnyUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Long enough to refuse the tutorial's "test123" and the usual placeholders ("changeme", "secret").
 MIN_TOKEN_LENGTH = 16
 # After the drain: time to flush spans and Sentry events before gunicorn's SIGKILL.
 SHUTDOWN_FLUSH_SECONDS = 10
+
+TASK_QUEUES = ("celery", "dramatiq", "rq")
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
 
 TracesSampler = Literal[
     "always_on",
@@ -23,7 +35,7 @@ TracesSampler = Literal[
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True, populate_by_name=True)
 
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token for /notify/. Unset: /notify/ answers 401."
@@ -55,12 +67,25 @@ class Settings(BaseSettings):
     access_log: bool = Field(default=False, description="A line per request: route template, status, duration.")
 
     # The queue (app/queues/) of the heavy tasks (app/task_registry.py). Unset: they run in the web worker.
-    celery_broker_url: RedisDsn | None = Field(default=None, description="redis://…; set: heavy tasks go to Celery.")
+    broker_url: AnyUrl | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BROKER_URL", "CELERY_BROKER_URL"),
+        description="redis://… or amqp://…; set: heavy tasks go to the TASK_QUEUE library on that broker.",
+    )
+    task_queue: str = Field(default="celery", description="celery, dramatiq or rq: the library of `make worker`.")
+    broker_management_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="RabbitMQ's management API, for the queue depth: by default BROKER_URL's host, port 15672.",
+    )
     enqueue_timeout_seconds: float = Field(
         default=1.0, ge=0.05, le=30, description="Longest a request waits for the broker before its 503."
     )
-    worker_concurrency: int = Field(default=2, ge=1, le=256, description="Prefork children of `make worker`.")
-    worker_max_tasks_per_child: int = Field(default=1000, ge=1, description="A child is recycled after this many.")
+    task_time_limit_seconds: float = Field(
+        default=600.0, gt=0, le=86_400, description="A queued task running longer fails with TimeLimitExceeded."
+    )
+    worker_concurrency: int = Field(default=2, ge=1, le=256, description="Processes of `make worker`.")
+    worker_threads: int = Field(default=8, ge=1, le=256, description="Threads per process (Dramatiq only).")
+    worker_max_tasks_per_child: int = Field(default=1000, ge=1, description="A process is recycled after this many.")
     worker_metrics_port: int = Field(default=9808, ge=1, le=65535)
     worker_alive_file: Path = Field(
         default=Path(tempfile.gettempdir()) / "background-tasks-consumer-alive",
@@ -95,14 +120,29 @@ class Settings(BaseSettings):
         return token
 
     @model_validator(mode="after")
-    def _visibility_above_tasks(self) -> "Settings":
-        longest = max(self.email_send_seconds, self.worker_shutdown_seconds)
-        if self.celery_broker_url is not None and self.queue_visibility_timeout_seconds <= longest:
+    def _queue_fits_broker(self) -> "Settings":
+        if self.task_queue not in TASK_QUEUES:
             raise ValueError(
-                f"QUEUE_VISIBILITY_TIMEOUT_SECONDS must be above EMAIL_SEND_SECONDS and WORKER_SHUTDOWN_SECONDS "
+                f"TASK_QUEUE={self.task_queue!r} is no queue library for BROKER_URL: use {', '.join(TASK_QUEUES)}"
+            )
+        if self.broker_url is None:
+            return self
+        scheme = self.broker_url.scheme
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError("BROKER_URL must be redis://…, rediss://…, amqp://… or amqps://…")
+        if self.task_queue == "rq" and not self.broker_on_redis:
+            raise ValueError("TASK_QUEUE=rq needs a Redis BROKER_URL (redis://…): RQ has no RabbitMQ broker")
+        longest = max(self.task_time_limit_seconds, self.worker_shutdown_seconds)
+        if self.queue_visibility_timeout_seconds <= longest:
+            raise ValueError(
+                f"QUEUE_VISIBILITY_TIMEOUT_SECONDS must be above TASK_TIME_LIMIT_SECONDS and WORKER_SHUTDOWN_SECONDS "
                 f"({longest:g}), or Redis redelivers tasks that are still running"
             )
         return self
+
+    @property
+    def broker_on_redis(self) -> bool:
+        return self.broker_url is not None and self.broker_url.scheme in ("redis", "rediss")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -120,5 +160,7 @@ def describe_error(error: ValidationError) -> str:
     lines = ["Invalid settings:"]
     for problem in error.errors(include_input=False, include_url=False):
         name = ".".join(str(part) for part in problem["loc"]).upper()
-        lines.append(f"  {name}: {problem['msg']}")
+        # A rule across settings (a model validator) has no location: its message names them.
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"  {name}: {message}" if name else f"  {message}")
     return "\n".join(lines)

@@ -50,9 +50,9 @@ from app.settings import Settings
 from bench import bare_app, loadgen
 from harness import (
     TOKEN,
-    CeleryWorker,
     Gunicorn,
     OtlpReceiver,
+    QueueWorker,
     RedisServer,
     SentryIngest,
     post_scope,
@@ -410,7 +410,7 @@ def send_mail_enqueued_vs_in_process(pool: ProcessPoolExecutor, work: Path) -> d
         "in_process": Gunicorn(work / "mail-in-process", env=env),
         "enqueued": Gunicorn(work / "mail-enqueued", env=queued_env),
     }
-    worker = CeleryWorker(work / "mail-worker", {**queued_env, "LOG_FILE": str(servers["enqueued"].log_file)})
+    worker = QueueWorker(work / "mail-worker", {**queued_env, "LOG_FILE": str(servers["enqueued"].log_file)})
     per_s: dict[str, list[float]] = {name: [] for name in servers}
     target = "/send-mail/?email=bench%40example.com"
     try:

@@ -263,7 +263,7 @@ def background_tasks() -> Any:
             "reqps",
             "Requests shed because their worker's backlog was full.",
         ),
-        _row("Queue (Celery workers)"),
+        _row("Queue (Celery, Dramatiq or RQ workers)"),
         _panel(
             "Queue wait vs task time",
             {
@@ -293,7 +293,8 @@ def background_tasks() -> Any:
                 f"(increase(background_task_worker_restarts_total{{{TARGET}}}[{RATE}]))",
             },
             "short",
-            "Live prefork children per worker, and the times its entry point started a dead Celery worker "
+            "Live task processes per worker (prefork children, Dramatiq processes, RQ pool workers), and the "
+            "times its entry point started a dead queue worker "
             "again (after a broker crash, say).",
         ),
         _panel(

@@ -7,7 +7,7 @@ Every server listens on 127.0.0.1 only and dies with the process that started it
 from harness.logs import LOG_KEYS, app_lines, log_lines
 from harness.processes import ROOT, children, die_with_parent, free_port, spawn, wait_for
 from harness.prometheus import PROMETHEUS_DIR, Metrics, Prometheus, start_prometheus
-from harness.queue import CeleryWorker, RedisServer
+from harness.queue import Broker, QueueWorker, RabbitMQServer, RedisServer, waiting_and_unacked
 from harness.receivers import OtlpReceiver, SentryIngest, Span
 from harness.web import TOKEN, Gunicorn, Stack, post_scope, started, trace_id_of
 
@@ -16,11 +16,13 @@ __all__ = [
     "PROMETHEUS_DIR",
     "ROOT",
     "TOKEN",
-    "CeleryWorker",
+    "Broker",
     "Gunicorn",
     "Metrics",
     "OtlpReceiver",
     "Prometheus",
+    "QueueWorker",
+    "RabbitMQServer",
     "RedisServer",
     "SentryIngest",
     "Span",
@@ -36,4 +38,5 @@ __all__ = [
     "started",
     "trace_id_of",
     "wait_for",
+    "waiting_and_unacked",
 ]

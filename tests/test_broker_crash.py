@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import CeleryWorker, Gunicorn, Metrics, RedisServer, children, wait_for
+from harness import Gunicorn, Metrics, QueueWorker, RedisServer, children, wait_for
 
 TASK = {"task": "send_email", "route": "/send-mail/"}
 CRASHES = 5
@@ -52,14 +52,14 @@ def web(tmp_path: Path, redis: RedisServer) -> Iterator[Gunicorn]:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path, redis: RedisServer, web: Gunicorn) -> Iterator[Callable[..., CeleryWorker]]:
+def start_worker(tmp_path: Path, redis: RedisServer, web: Gunicorn) -> Iterator[Callable[..., QueueWorker]]:
     """Starts `python -m app.worker_main` on the test's broker; whatever it started is stopped after."""
-    started: list[CeleryWorker] = []
+    started: list[QueueWorker] = []
 
-    def start(**env: str) -> CeleryWorker:
+    def start(**env: str) -> QueueWorker:
         # One log file for both sides, as a shared volume would be.
         settings = {**ENV, "CELERY_BROKER_URL": redis.url, "LOG_FILE": str(web.log_file), **env}
-        started.append(CeleryWorker(tmp_path / "worker", settings))
+        started.append(QueueWorker(tmp_path / "worker", settings))
         return started[-1].start()
 
     try:
@@ -70,7 +70,7 @@ def start_worker(tmp_path: Path, redis: RedisServer, web: Gunicorn) -> Iterator[
 
 
 def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice(
-    redis: RedisServer, web: Gunicorn, start_worker: Callable[..., CeleryWorker]
+    redis: RedisServer, web: Gunicorn, start_worker: Callable[..., QueueWorker]
 ) -> None:
     worker = start_worker()
     assert worker.process is not None
@@ -153,12 +153,12 @@ def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice
 
 
 def test_a_broker_crash_during_the_soft_shutdown_ends_it_in_time_and_the_task_comes_back(
-    redis: RedisServer, web: Gunicorn, start_worker: Callable[..., CeleryWorker]
+    redis: RedisServer, web: Gunicorn, start_worker: Callable[..., QueueWorker]
 ) -> None:
     shutdown = float(ENV["WORKER_SHUTDOWN_SECONDS"])
     worker = start_worker(EMAIL_SEND_SECONDS="3")
     assert worker.process is not None
-    pids = {worker.process.pid, worker.celery_pid(), *worker.child_pids()}
+    pids = {worker.process.pid, worker.library_pid(), *worker.child_pids()}
     assert web.thread_client().post("/send-mail/", params={"email": "late@example.com"}).status_code == 200
     wait_for(lambda: redis.waiting_and_unacked() == (0, 1), what="the task running")
 
@@ -185,16 +185,16 @@ def test_a_broker_crash_during_the_soft_shutdown_ends_it_in_time_and_the_task_co
 
 
 def test_a_dead_celery_worker_is_started_again_counted_and_keeps_its_counts(
-    web: Gunicorn, start_worker: Callable[..., CeleryWorker]
+    web: Gunicorn, start_worker: Callable[..., QueueWorker]
 ) -> None:
     worker = start_worker()
     assert worker.process is not None
     http = web.thread_client()
     assert http.post("/send-mail/", params={"email": "before@example.com"}).status_code == 200
     wait_for(lambda: sent(web) == {"before@example.com": 1}, what="the first email")
-    first = worker.celery_pid()
+    first = worker.library_pid()
     os.kill(first, signal.SIGKILL)  # as kombu's AttributeError ends it, without the traceback
-    wait_for(lambda: worker.celery_pid() not in (0, first) and len(worker.child_pids()) == 2, what="a new worker")
+    wait_for(lambda: worker.library_pid() not in (0, first) and len(worker.child_pids()) == 2, what="a new worker")
     wait_for(lambda: worker.stderr().count(" ready.") == 2, what="the new worker ready")
     assert http.post("/send-mail/", params={"email": "after@example.com"}).status_code == 200
     wait_for(lambda: sent(web) == {"before@example.com": 1, "after@example.com": 1}, what="the second email")
@@ -206,6 +206,6 @@ def test_a_dead_celery_worker_is_started_again_counted_and_keeps_its_counts(
 
     metrics: Metrics = wait_for(counted, what="both runs counted: the dead worker's count kept")
     assert metrics.get_value("background_task_worker_restarts_total") == 1
-    assert worker.stderr().count("the Celery worker died: starting it again") == 1
+    assert worker.stderr().count("the queue worker died: starting it again") == 1
     assert worker.process.poll() is None
     assert worker.stop() == 0

@@ -18,9 +18,9 @@ from harness import (
     PROMETHEUS_DIR,
     ROOT,
     TOKEN,
-    CeleryWorker,
     Gunicorn,
     Prometheus,
+    QueueWorker,
     RedisServer,
     start_prometheus,
     started,
@@ -91,7 +91,7 @@ def _warm_up(server: Gunicorn, prometheus: Prometheus) -> None:
     )
 
 
-def _queue_drained(worker: CeleryWorker, redis_server: RedisServer, emails: int) -> None:
+def _queue_drained(worker: QueueWorker, redis_server: RedisServer, emails: int) -> None:
     wait_for(
         lambda: (
             worker.metrics().get_value("background_task_duration_seconds_count", task="send_email") == emails
@@ -125,7 +125,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         "CELERY_BROKER_URL": redis_server.url,  # /send-mail/ goes to the queue; the user's tasks stay in-process
     }
     for server in started(Gunicorn(workdir / "app", env=env, app="tests.user_app:create()")):
-        worker = CeleryWorker(workdir / "worker", {**env, "LOG_FILE": str(server.log_file)}).start()
+        worker = QueueWorker(workdir / "worker", {**env, "LOG_FILE": str(server.log_file)}).start()
         targets = {
             "background-tasks": f"127.0.0.1:{server.port}",
             "background-tasks-worker": f"127.0.0.1:{worker.metrics_port}",

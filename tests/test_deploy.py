@@ -86,6 +86,7 @@ def test_the_compose_file_matches_the_compose_spec_and_its_files_exist() -> None
         "app",
         "worker",
         "redis",
+        "rabbitmq",
         "prometheus",
         "alertmanager",
         "grafana",

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from app.observability.metrics import Metrics
-from app.queues.celery.depth import QUEUED, UNACKED
+from app.observability.worker_metrics import QUEUED, UNACKED
 from harness import ROOT
 
 GRAFANA = ROOT / "grafana"

@@ -12,7 +12,12 @@ from app.tasks import write_log
 from harness import ROOT
 
 QUEUE_LIBRARIES = {"celery", "kombu", "billiard", "dramatiq", "rq", "redis", "pika", "amqp"}
-ADAPTERS = {"celery": ROOT / "app" / "queues" / "celery"}
+# Each library's adapter, and the libraries it may import: its own, and the broker clients.
+ADAPTERS = {
+    "celery": {"celery", "kombu", "redis"},
+    "dramatiq": {"dramatiq", "redis", "pika"},
+    "rq": {"rq", "redis"},
+}
 
 
 def _imported_roots(path: Path) -> set[str]:
@@ -30,10 +35,11 @@ def test_only_a_queue_adapter_imports_its_library() -> None:
     for path in sorted((ROOT / "app").rglob("*.py")):
         for library in _imported_roots(path) & QUEUE_LIBRARIES:
             importers.setdefault(library, set()).add(str(path.relative_to(ROOT)))
-    adapter = {str(p.relative_to(ROOT)) for p in ADAPTERS["celery"].rglob("*.py")}
-    assert importers.keys() == {"celery", "kombu"}
-    assert importers["celery"] <= adapter
-    assert importers["kombu"] <= adapter
+    assert importers.keys() == {"celery", "kombu", "dramatiq", "rq", "redis", "pika"}
+    for library, paths in importers.items():
+        owners = {path.split("/")[2] for path in paths}  # app/queues/<adapter>/…
+        assert all(path.startswith("app/queues/") for path in paths), (library, paths)
+        assert all(library in ADAPTERS[owner] for owner in owners), (library, paths)
     observability = ROOT / "app" / "observability"
     assert not any(_imported_roots(path) & QUEUE_LIBRARIES for path in observability.rglob("*.py"))
     # Nor does observability reach a queue library through OpenTelemetry's instrumentation of it.
@@ -43,6 +49,6 @@ def test_only_a_queue_adapter_imports_its_library() -> None:
 def test_a_task_carries_its_registry_name_in_every_mode() -> None:
     welcome = named(functools.partial(write_log, None), "welcome")
     assert task_name(welcome) == "welcome"  # in-process: the label, span attribute, Sentry tag and log
-    celery = create_celery(Settings(celery_broker_url="redis://127.0.0.1:1/0"), {"welcome": welcome}, producer=True)
+    celery = create_celery(Settings(broker_url="redis://127.0.0.1:1/0"), {"welcome": welcome}, producer=True)
     assert celery.tasks["welcome"].name == "welcome"  # queued: the same
     assert [task_name(func) for func in task_registry(Settings()).values()] == list(task_registry(Settings()))

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 from app.gunicorn_worker import INVALID_REQUEST
-from harness import TOKEN, CeleryWorker, Gunicorn, RedisServer, log_lines, wait_for
+from harness import TOKEN, Gunicorn, QueueWorker, RedisServer, log_lines, wait_for
 
 SECRET = "secret-in-a-malformed-request"
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
@@ -127,7 +127,7 @@ def test_every_line_of_the_celery_worker_and_its_children_is_one_json_object(tmp
         "WORKER_MAX_TASKS_PER_CHILD": "1",  # each task recycles its child
     }
     web = Gunicorn(tmp_path / "web", env=env, workers=1).start()
-    worker = CeleryWorker(tmp_path / "worker", env).start()
+    worker = QueueWorker(tmp_path / "worker", env).start()
     try:
         with web.client() as client:
             sent = [client.post("/send-mail/", params={"email": f"queued{i}@example.com"}) for i in range(3)]

@@ -1,10 +1,12 @@
-"""Heavy tasks on Celery with a Redis broker: real redis-server, real prefork worker, real gunicorn.
+"""Heavy tasks on a queue, one contract for every library and broker: a real broker (Debian's
+redis-server or rabbitmq-server), the library's real worker as `make worker` starts it, and real
+gunicorn.
 
 The same telemetry as in-process tasks, end to end: counts across every process, one trace from
-the request to the worker, one Sentry event per failure, the queue wait, and the faults.
+the request to the worker, one Sentry event per failure, the queue wait, the time limit, and the
+faults (broker down, a task's process killed, SIGTERM).
 """
 
-import json
 import os
 import signal
 import threading
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,12 +25,15 @@ from prometheus_client.mmap_dict import MmapedDict
 from app.queues.celery.app import create_celery
 from app.settings import Settings
 from harness import (
-    CeleryWorker,
+    Broker,
     Gunicorn,
     Metrics,
     OtlpReceiver,
+    QueueWorker,
+    RabbitMQServer,
     RedisServer,
     SentryIngest,
+    log_lines,
     trace_id_of,
     wait_for,
 )
@@ -35,21 +41,49 @@ from harness import (
 TASK = {"task": "send_email", "route": "/send-mail/"}
 SERVER, PRODUCER, CONSUMER = 2, 4, 5
 FAST = {"EMAIL_SEND_SECONDS": "0.02"}
+WORKER_METRICS_TOKEN = "worker-metrics-token-0123456789"  # the harness scrapes with it
+# Every supported (library, broker).
+BACKENDS = [
+    ("celery", "redis"),
+    ("celery", "rabbitmq"),
+    ("dramatiq", "redis"),
+    ("dramatiq", "rabbitmq"),
+    ("rq", "redis"),
+]
+# The names of the enqueue's and the run's spans: Celery's instrumentation's, or app/queues/spans.py's.
+SPAN_NAMES = {"celery": ("apply_async/send_email", "run/send_email")}
+# Dramatiq's Redis broker gives a dead worker's messages back once its heartbeats have stopped for
+# the visibility timeout: short here, so that no test waits an hour.
+SHORT_VISIBILITY = {
+    "QUEUE_VISIBILITY_TIMEOUT_SECONDS": "10",
+    "TASK_TIME_LIMIT_SECONDS": "8",
+    "WORKER_SHUTDOWN_SECONDS": "5",
+}
 
 
 @dataclass
 class Queue:
+    library: str
+    broker_name: str
     workdir: Path
-    redis: RedisServer
+    broker: Broker
     web: Gunicorn
     sentry: SentryIngest
     otlp: OtlpReceiver
     env: dict[str, str]
-    worker: CeleryWorker | None = None
+    worker: QueueWorker | None = None
 
-    def start_worker(self, **env: str) -> CeleryWorker:
+    @property
+    def backend(self) -> tuple[str, str]:
+        return self.library, self.broker_name
+
+    def depth(self) -> tuple[int, int]:
+        return self.broker.waiting_and_unacked(self.library)
+
+    def start_worker(self, **env: str) -> QueueWorker:
         assert self.worker is None or self.worker.process is None or self.worker.process.poll() is not None
-        self.worker = CeleryWorker(self.workdir / "worker", {**self.env, **FAST, **env}).start()
+        worker_env = {**self.env, **FAST, "METRICS_TOKEN": WORKER_METRICS_TOKEN, **env}
+        self.worker = QueueWorker(self.workdir / "worker", worker_env).start()
         return self.worker
 
     def stop_worker(self) -> None:
@@ -72,13 +106,17 @@ def books(web: Metrics, worker: Metrics, waiting: int, unacked: int) -> float:
     )
 
 
-@pytest.fixture(scope="module")
-def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
-    workdir = tmp_path_factory.mktemp("queue")
+@pytest.fixture(scope="module", params=BACKENDS, ids=["-".join(b) for b in BACKENDS])
+def queue(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
+    library, broker_name = request.param
+    workdir = tmp_path_factory.mktemp(f"queue-{library}-{broker_name}")
     sentry, otlp = SentryIngest(), OtlpReceiver()
-    redis_server = RedisServer(workdir / "redis").start()
+    broker: Broker = (RedisServer if broker_name == "redis" else RabbitMQServer)(workdir / "broker").start()
     env = {
-        "CELERY_BROKER_URL": redis_server.url,
+        "BROKER_URL": broker.url,
+        "TASK_QUEUE": library,
+        **({"BROKER_MANAGEMENT_URL": broker.management_url} if isinstance(broker, RabbitMQServer) else {}),
+        **(SHORT_VISIBILITY if (library, broker_name) == ("dramatiq", "redis") else {}),
         "SENTRY_DSN": sentry.dsn,
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
@@ -87,19 +125,21 @@ def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
     }
     web = Gunicorn(workdir / "web", env=env).start()
     env["LOG_FILE"] = str(web.log_file)  # one log file, as a shared volume would be
-    scene = Queue(workdir, redis_server, web, sentry, otlp, env)
+    scene = Queue(library, broker_name, workdir, broker, web, sentry, otlp, env)
     scene.start_worker()
     try:
         yield scene
     finally:
         scene.stop_worker()
         web.stop()
-        redis_server.stop()
+        broker.remove()
         sentry.server.stop()
         otlp.server.stop()
 
 
-def settled(queue: Queue, web_before: Metrics, worker_before: Metrics, finished: int) -> tuple[Metrics, Metrics]:
+def settled(
+    queue: Queue, web_before: Metrics, worker_before: Metrics, finished: int, timeout: float = 60
+) -> tuple[Metrics, Metrics]:
     assert queue.worker is not None
     worker = queue.worker
 
@@ -108,22 +148,23 @@ def settled(queue: Queue, web_before: Metrics, worker_before: Metrics, finished:
         outcomes = sum(
             w.get_value("background_task_duration_seconds_count", outcome=o, **TASK) for o in ("success", "failure")
         )
-        if outcomes != finished or queue.redis.waiting_and_unacked() != (0, 0):
+        if outcomes != finished or queue.depth() != (0, 0):
             return None
         return queue.web.metrics().since(web_before), w
 
-    result: tuple[Metrics, Metrics] = wait_for(done, timeout=60, what=f"{finished} queued tasks to finish")
+    result: tuple[Metrics, Metrics] = wait_for(done, timeout=timeout, what=f"{finished} queued tasks to finish")
     return result
 
 
-def test_counts_are_exact_across_web_workers_and_prefork_children(queue: Queue) -> None:
+def test_counts_are_exact_across_web_workers_and_worker_processes(queue: Queue) -> None:
     assert queue.worker is not None
     web_before, worker_before = queue.web.metrics(), queue.worker.metrics()
-    emails = [f"count-{i}-{uuid.uuid4().hex[:6]}@example.com" for i in range(240)]
+    # RQ forks a work horse per task: a thousand of them, and the counts stay exact.
+    emails = [f"count-{i}-{uuid.uuid4().hex[:6]}@example.com" for i in range(1000 if queue.library == "rq" else 240)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         responses = list(pool.map(queue.send, emails))
     assert [r.status_code for r in responses] == [200] * len(emails)
-    web, worker = settled(queue, web_before, worker_before, len(emails))
+    web, worker = settled(queue, web_before, worker_before, len(emails), timeout=240)
 
     assert web.get_value("background_tasks_scheduled_total", **TASK) == len(emails)
     assert worker.get_value("background_task_duration_seconds_count", outcome="success", **TASK) == len(emails)
@@ -135,7 +176,8 @@ def test_counts_are_exact_across_web_workers_and_prefork_children(queue: Queue) 
     logged = [e for e in queue.web.emails_sent() if e.startswith("count-")]
     assert sorted(logged) == sorted(emails)  # each exactly once
 
-    # Both web workers enqueued, and more than two children ran tasks: they were recycled every 40.
+    # Both web workers enqueued, and both worker processes ran tasks (Celery's children, recycled
+    # every 40, more than two).
     enqueuers = [
         path
         for path in queue.web.multiproc_dir.glob("counter_*.db")
@@ -145,7 +187,19 @@ def test_counts_are_exact_across_web_workers_and_prefork_children(queue: Queue) 
     ]
     assert len(enqueuers) >= 2
     runners = {line["pid"] for line in queue.worker.app_logs() if line.get("message") == "background task success"}
-    assert len(runners) >= len(emails) // 40
+    assert len(runners) >= (len(emails) // 40 if queue.library == "celery" else 2)
+    # However many processes ran tasks, a scrape reads the files of the live ones and the merged
+    # ones: their number does not grow with the tasks run, nor does a scrape's time.
+    files = list(queue.worker.multiproc_dir.glob("*.db"))
+    assert len(files) <= 2 + 3 * (queue.worker.concurrency + 2), sorted(f.name for f in files)
+    # The liveness probe's file is kept fresh by every library's consumer (the probe allows 60 s).
+    alive = queue.worker.workdir / "consumer-alive"
+    assert time.time() - alive.stat().st_mtime < 20
+    # The worker's /metrics, whatever the library, lets in only the scrapes that carry METRICS_TOKEN.
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}):
+        refused = httpx.get(queue.worker.metrics_url, headers=headers, timeout=10)
+        assert (refused.status_code, refused.json()) == (401, {"detail": "Missing or invalid bearer token"})
+        assert refused.headers["www-authenticate"] == "Bearer"
     # A child recycled after the last task is replaced a moment later.
     worker = queue.worker
     wait_for(lambda: worker.metrics().get_value("server_worker_processes") == 2, what="two live children")
@@ -175,10 +229,13 @@ def test_one_trace_from_the_request_to_the_failing_queued_task(queue: Queue) -> 
         (producer,) = [s for s in spans if s.kind == PRODUCER]
         (consumer,) = [s for s in spans if s.kind == CONSUMER]
         assert server.name == "POST /send-mail/"
-        assert producer.name == "apply_async/send_email"
+        producer_name, consumer_name = SPAN_NAMES.get(queue.library, ("send send_email", "process send_email"))
+        assert producer.name == producer_name
         assert producer.parent_span_id == server.span_id
-        assert consumer.name == "run/send_email"
+        assert consumer.name == consumer_name
         assert consumer.parent_span_id == producer.span_id
+        assert consumer.attributes["messaging.system"] == queue.library
+        assert consumer.attributes["messaging.message.id"] == producer.attributes["messaging.message.id"]
         assert consumer.status_code == 2
         assert consumer.event_names == ["exception"]  # recorded once, not by two layers
         assert consumer.attributes["background_task.name"] == "send_email"
@@ -226,7 +283,7 @@ def test_queue_wait_is_the_start_delay_and_never_the_response_time(queue: Queue)
 def test_a_broker_that_is_down_gets_503s_counted_and_a_restart_loses_nothing(queue: Queue) -> None:
     assert queue.worker is not None
     web_before, worker_before = queue.web.metrics(), queue.worker.metrics()
-    queue.redis.stop()
+    queue.broker.stop()
     down = [f"down-{i}@example.com" for i in range(10)]
     for email in down:
         began = time.perf_counter()
@@ -251,7 +308,7 @@ def test_a_broker_that_is_down_gets_503s_counted_and_a_restart_loses_nothing(que
     thread = threading.Thread(target=traffic)
     thread.start()
     time.sleep(0.5)
-    queue.redis.start()
+    queue.broker.start()
     time.sleep(1.5)
     stop.set()
     thread.join()
@@ -273,15 +330,27 @@ def test_a_broker_that_is_down_gets_503s_counted_and_a_restart_loses_nothing(que
     assert len(logged) == len(set(logged)) == scheduled  # every enqueued task ran, once
     assert accepted <= set(logged)
     assert not any(e.startswith("down-") for e in logged)
-    assert "Traceback" not in queue.web.stderr()
-    waiting, unacked = queue.redis.waiting_and_unacked()
+    # No stack trace but the broker client's own report of the connection the broker closed (pika
+    # logs one, at ERROR, when RabbitMQ stops under a publish).
+    traced = [line for line in log_lines(queue.web.stderr()) if "exc_info" in line]
+    assert [line["logger"] for line in traced if not line["logger"].startswith("pika.")] == []
+    waiting, unacked = queue.depth()
     assert (
         books(queue.web.metrics().since(web_before), queue.worker.metrics().since(worker_before), waiting, unacked) == 0
     )
 
 
-def _running_child(worker: CeleryWorker) -> int:
-    """The child whose in-progress gauge is 1, read from its own metric file."""
+def _sentry_events(queue: Queue, exception: str) -> list[dict[str, Any]]:
+    """The task's Sentry events for ``exception``: the last of an event's chain, the one raised."""
+    return [
+        event
+        for event in queue.sentry.events_tagged("background_task", "send_email")
+        if event["exception"]["values"][-1]["type"] == exception
+    ]
+
+
+def _running_child(worker: QueueWorker) -> int:
+    """The process whose in-progress gauge is 1, read from its own metric file."""
     for path in worker.multiproc_dir.glob("gauge_livesum_*.db"):
         for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
             if '"background_tasks_in_progress"' in key and value == 1:
@@ -289,7 +358,9 @@ def _running_child(worker: CeleryWorker) -> int:
     return 0
 
 
-def test_a_child_killed_mid_task_runs_it_again_once_and_counts_the_redelivery(queue: Queue) -> None:
+def test_a_process_killed_mid_task_runs_it_again_or_fails_it_and_says_which(queue: Queue) -> None:
+    """Celery and Dramatiq run it again, counted as a redelivery; RQ moves it to its failed
+    registry: a failure, with its own exception label and one Sentry event."""
     queue.stop_worker()
     worker = queue.start_worker(EMAIL_SEND_SECONDS="2")
     try:
@@ -298,9 +369,19 @@ def test_a_child_killed_mid_task_runs_it_again_once_and_counts_the_redelivery(qu
         pid = wait_for(lambda: _running_child(worker), what="the task to start")
         os.kill(pid, signal.SIGKILL)
         _web, after = settled(queue, web_before, worker_before, 1)
-        assert after.get_value("background_task_redeliveries_total", **TASK) == 1
-        assert after.get_value("background_task_duration_seconds_count", outcome="success", **TASK) == 1
-        assert queue.web.emails_sent().count("killed@example.com") == 1
+        if queue.library == "rq":
+            assert after.get_value("background_task_redeliveries_total", **TASK) == 0
+            assert after.get_value("background_task_failures_total", **TASK) == 1
+            assert after.get_value("background_task_failures_total", exception="WorkerProcessLost", **TASK) == 1
+            assert queue.web.emails_sent().count("killed@example.com") == 0
+            lost = wait_for(lambda: _sentry_events(queue, "WorkerProcessLost"), what="the Sentry event")
+            time.sleep(0.5)  # a second report would arrive by now
+            assert len(lost) == len(_sentry_events(queue, "WorkerProcessLost")) == 1
+            assert lost[0]["tags"]["route"] == "/send-mail/"
+        else:
+            assert after.get_value("background_task_redeliveries_total", **TASK) == 1
+            assert after.get_value("background_task_duration_seconds_count", outcome="success", **TASK) == 1
+            assert queue.web.emails_sent().count("killed@example.com") == 1
         wait_for(lambda: worker.metrics().get_value("server_worker_processes") == 2, what="a replacement child")
         assert worker.metrics().get_value("background_tasks_in_progress") == 0  # the dead child's 1 is gone
         assert books(queue.web.metrics().since(web_before), worker.metrics().since(worker_before), 0, 0) == 0
@@ -310,15 +391,22 @@ def test_a_child_killed_mid_task_runs_it_again_once_and_counts_the_redelivery(qu
 
 
 def test_a_revoked_queued_task_is_counted_as_dropped_with_its_task_and_route(queue: Queue) -> None:
+    if queue.library != "celery":
+        pytest.skip("revoking a queued task is Celery's")
     queue.stop_worker()
-    worker = queue.start_worker(EMAIL_SEND_SECONDS="2")
+    # Long enough for RabbitMQ's management API, which reports the depth every 0.5 s here.
+    worker = queue.start_worker(EMAIL_SEND_SECONDS="5")
     try:
         web_before, worker_before = queue.web.metrics(), worker.metrics()
-        for i in range(3):  # two children take two; the third waits in Redis (prefetch of 1)
+        for i in range(3):  # two children take two; the third waits in the broker (prefetch of 1)
             assert queue.send(f"revoke-{i}@example.com").status_code == 200
-        wait_for(lambda: queue.redis.waiting_and_unacked() == (1, 2), what="two running, one waiting")
-        waiting = json.loads(queue.redis.client().lindex("celery", 0))
-        control = create_celery(Settings(celery_broker_url=queue.redis.url), {}, producer=True)
+        wait_for(lambda: queue.depth() == (1, 2), what="two running, one waiting")
+        control = create_celery(Settings(broker_url=queue.broker.url), {}, producer=True)
+        with control.connection_for_read() as connection:
+            channel = connection.default_channel
+            waiting = wait_for(lambda: channel.basic_get("celery", no_ack=False), what="the waiting message")
+            channel.basic_reject(waiting.delivery_tag, requeue=True)  # read, and put back
+        waiting = {"headers": waiting.headers}
         control.control.revoke(waiting["headers"]["id"])
         settled(queue, web_before, worker_before, 2)
         # Celery acknowledges a revoked message, then signals it: the count follows a moment later.
@@ -348,9 +436,37 @@ def test_sigterm_finishes_running_tasks_within_the_deadline_or_requeues_them(
     began = time.monotonic()
     assert worker.stop(timeout=shutdown_seconds + 15) == 0
     assert time.monotonic() - began < shutdown_seconds + 5
-    assert queue.redis.waiting_and_unacked() == ((1, 0) if requeued else (0, 0))
+    # Back in the queue; on Dramatiq's Redis broker, held for the dead worker until its heartbeats
+    # have stopped for the visibility timeout, then given back.
+    back = (0, 1) if queue.backend == ("dramatiq", "redis") else (1, 0)
+    wait_for(lambda: queue.depth() == (back if requeued else (0, 0)), what="the message requeued, or acknowledged")
     assert queue.web.emails_sent().count(email) == (0 if requeued else 1)
     worker = queue.start_worker()
-    wait_for(lambda: queue.web.emails_sent().count(email) == 1, what="the task to have run once")
+    wait_for(lambda: queue.web.emails_sent().count(email) == 1, timeout=60, what="the task to have run once")
     if requeued:
         assert worker.metrics().get_value("background_task_redeliveries_total", **TASK) == 1
+
+
+def test_a_task_past_the_time_limit_fails_once_as_time_limit_exceeded(queue: Queue) -> None:
+    queue.stop_worker()
+    worker = queue.start_worker(EMAIL_SEND_SECONDS="3", TASK_TIME_LIMIT_SECONDS="1")
+    try:
+        web_before, worker_before = queue.web.metrics(), worker.metrics()
+
+        def limited() -> list[dict[str, Any]]:
+            return _sentry_events(queue, "TimeLimitExceeded")
+
+        assert limited() == []
+        assert queue.send("too-slow@example.com").status_code == 200
+        _web, after = settled(queue, web_before, worker_before, 1)
+        assert after.get_value("background_task_failures_total", **TASK) == 1
+        assert after.get_value("background_task_failures_total", exception="TimeLimitExceeded", **TASK) == 1
+        assert after.get_value("background_task_redeliveries_total", **TASK) == 0
+        wait_for(limited, what="the Sentry event")
+        time.sleep(0.5)  # a second report would arrive by now
+        (event,) = limited()
+        assert event["tags"]["route"] == "/send-mail/"
+        assert "too-slow@example.com" not in queue.web.emails_sent()
+    finally:
+        queue.stop_worker()
+        queue.start_worker()

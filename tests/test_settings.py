@@ -61,3 +61,32 @@ def test_case_is_forgiven(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.log_level == "DEBUG"
     assert settings.otel_traces_sampler == "parentbased_traceidratio"
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"BROKER_URL": "amqp://guest:guest@rabbitmq:5672//", "TASK_QUEUE": "rq"}, ("TASK_QUEUE=rq", "BROKER_URL")),
+        ({"BROKER_URL": "redis://redis:6379/0", "TASK_QUEUE": "huey"}, ("TASK_QUEUE='huey'", "BROKER_URL")),
+        ({"TASK_QUEUE": "huey"}, ("TASK_QUEUE='huey'", "BROKER_URL")),
+        ({"BROKER_URL": "kafka://broker:9092"}, ("BROKER_URL",)),
+    ],
+)
+def test_a_queue_that_cannot_work_fails_in_one_line_naming_both_settings(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], names: tuple[str, ...]
+) -> None:
+    message = _error(monkeypatch, **env)
+    first, line = message.splitlines()
+    assert first == "Invalid settings:"
+    assert all(name in line for name in names)
+
+
+def test_celery_broker_url_is_another_name_for_broker_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://redis:6379/0")
+    settings = Settings()
+    assert str(settings.broker_url) == "redis://redis:6379/0"
+    assert (settings.task_queue, settings.broker_on_redis) == ("celery", True)
+    monkeypatch.setenv("BROKER_URL", "amqp://rabbitmq:5672//")
+    monkeypatch.setenv("TASK_QUEUE", "dramatiq")
+    settings = Settings()
+    assert (settings.broker_url is not None and settings.broker_url.scheme, settings.broker_on_redis) == ("amqp", False)

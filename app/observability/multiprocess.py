@@ -23,11 +23,12 @@ and a child that inherits a dead one's pid folds its files before it writes any.
 """
 
 import fcntl
+import glob
 import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 _LOCK_FILE = "merge.lock"
 _MERGED_KINDS = ("counter", "histogram")
@@ -69,9 +71,29 @@ def wipe(directory: str) -> None:
             os.unlink(entry.path)
 
 
+class _Files(Collector):
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        return _merged(self._directory)
+
+
+def _merged(directory: str) -> list[Metric]:
+    """prometheus-client's merge of every process's files, but those still empty: a process
+    (RQ forks one per task) creates its file, then sizes it, and a scrape in between would fail
+    on it. An empty file holds no value yet, so leaving it out loses nothing."""
+    files = []
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        with suppress(FileNotFoundError):
+            if os.path.getsize(path) > 0:
+                files.append(path)
+    return list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+
+
 def exposition(directory: str) -> bytes:
     registry = CollectorRegistry()  # a fresh one per scrape, as the multiprocess docs require
-    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry.register(_Files(directory))
     with _locked(directory, fcntl.LOCK_SH):
         return generate_latest(registry)
 
@@ -84,7 +106,7 @@ def collect_live(directory: str) -> list[Metric]:
             if not _alive(pid):
                 _merge(directory, pid)
     with _locked(directory, fcntl.LOCK_SH):
-        return list(MultiProcessCollector(None, path=directory).collect())  # type: ignore[no-untyped-call]
+        return _merged(directory)
 
 
 def _alive(pid: int) -> bool:
@@ -98,6 +120,14 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited; its pid is not yet free
 
 
+def fold_if_dead(directory: str, pid: int) -> None:
+    """The files of ``pid`` folded if it has exited, judged under the lock as at a scrape: a pid
+    reused meanwhile names a live process, whose files stay."""
+    with _locked(directory, fcntl.LOCK_EX):
+        if not _alive(pid):
+            _merge(directory, pid)
+
+
 def merge_dead_worker(directory: str, pid: int) -> None:
     with _locked(directory, fcntl.LOCK_EX):
         _merge(directory, pid)
@@ -108,6 +138,9 @@ def _merge(directory: str, pid: int) -> None:
     for kind in _MERGED_KINDS:
         dead = os.path.join(directory, f"{kind}_{pid}.db")
         if not os.path.exists(dead):
+            continue
+        if os.path.getsize(dead) == 0:  # died before it sized its file: nothing in it
+            os.unlink(dead)
             continue
         merged = os.path.join(directory, f"{kind}_merged.db")
         totals: dict[str, float] = {}

@@ -19,7 +19,7 @@ is counted in ``background_task_telemetry_errors_total{part}`` and logged once.
 """
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from functools import partial
 from time import perf_counter
@@ -84,6 +84,8 @@ def observed_task(
     contain: bool,
     settle: Settle = _count_now,
     requeued: tuple[type[BaseException], ...] = (),
+    span_attributes: Mapping[str, AttributeValue] | None = None,
+    ran_before: float = 0.0,
 ) -> Iterator[None]:
     """Observe the task run inside the block.
 
@@ -93,6 +95,9 @@ def observed_task(
     ``settle`` counts the outcome under the caller's ledger (the web worker's backlog).
     ``requeued``: exceptions that send the task back to the queue (Celery's Retry): it has not
     finished, so nothing is counted but the run's end.
+    ``span_attributes``: more of them, where the runner's own tracing leaves them out.
+    ``ran_before``: seconds the task ran in a process that died, where its end is observed from
+    the process that saw it die (RQ's worker, when its work horse is killed).
     Every piece of telemetry runs ``guarded``: only the task's own exceptions leave this block.
     """
     metrics = telemetry.metrics
@@ -103,6 +108,7 @@ def observed_task(
         "background_task.name": name,
         "http.route": route,
         "background_task.start_delay_s": start_delay,
+        **(span_attributes or {}),
     }
     if telemetry.include_pii:
         attributes["background_task.arguments"] = repr(arguments)[:_MAX_ARGUMENTS_REPR]
@@ -138,7 +144,7 @@ def observed_task(
         outcome, level = "cancelled", logging.WARNING
         raise
     finally:
-        duration = perf_counter() - started
+        duration = perf_counter() - started + ran_before
         if counted_in_progress:
             guarded(telemetry, "metrics", in_progress.dec)
 

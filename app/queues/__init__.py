@@ -1,27 +1,47 @@
 """Where heavy tasks run, chosen once from settings.
 
-Without a broker they run in the web worker after the response; with one, on its queue library.
-Adding a backend is one package under app/queues/ and one line in each function below. Only an
-adapter imports its library, and only when settings choose it.
+Without a broker they run in the web worker after the response; with one, on the TASK_QUEUE
+library. Adding a library is one package under app/queues/ with an ``adapter.py`` holding the
+functions below, and its name in settings.TASK_QUEUES. Only an adapter imports its library, and
+only when settings choose it.
 """
+
+import importlib
+from collections.abc import Callable
+from typing import Protocol
 
 from pydantic import ValidationError
 
 from app.observability.books import Books
 from app.observability.logging import exit_with
+from app.observability.worker_metrics import Depth
 from app.queues.backend import Backend
+from app.queues.broker import BrokerBackend, Producer
 from app.queues.inprocess import InProcess
 from app.settings import Settings, describe_error
 from app.task_registry import TaskRegistry
 
 
-def backend_for(settings: Settings, tasks: TaskRegistry, books: Books) -> Backend:
-    if settings.celery_broker_url is None:
-        return InProcess(tasks)
-    from app.queues.broker import BrokerBackend  # noqa: PLC0415 - the queue stack loads only when chosen
-    from app.queues.celery.producer import CeleryProducer  # noqa: PLC0415
+class Adapter(Protocol):
+    """What app/queues/<library>/adapter.py gives: the web side's producer, the worker's command
+    (as app/worker_main.py runs it), and the broker's depth for the worker's /metrics."""
 
-    return BrokerBackend(CeleryProducer(settings, tasks), books, timeout=settings.enqueue_timeout_seconds)
+    def producer(self, settings: Settings, tasks: TaskRegistry) -> Producer: ...
+    def worker_command(self, settings: Settings, argv: list[str]) -> list[str]: ...
+    def worker_env(self, settings: Settings) -> dict[str, str]: ...
+    def depth_reader(self, settings: Settings) -> Callable[[], Depth]: ...
+
+
+def adapter(settings: Settings) -> Adapter:
+    module: Adapter = importlib.import_module(f"app.queues.{settings.task_queue}.adapter")
+    return module
+
+
+def backend_for(settings: Settings, tasks: TaskRegistry, books: Books) -> Backend:
+    if settings.broker_url is None:
+        return InProcess(tasks)
+    producer = adapter(settings).producer(settings, tasks)
+    return BrokerBackend(producer, books, timeout=settings.enqueue_timeout_seconds)
 
 
 def worker_settings() -> Settings:
@@ -31,13 +51,6 @@ def worker_settings() -> Settings:
         settings = Settings()
     except ValidationError as error:
         exit_with(describe_error(error))
-    if settings.celery_broker_url is None:
-        exit_with("Invalid settings:\n  CELERY_BROKER_URL: required by the worker, e.g. redis://127.0.0.1:6379/0")
+    if settings.broker_url is None:
+        exit_with("Invalid settings:\n  BROKER_URL: required by the worker, e.g. redis://127.0.0.1:6379/0")
     return settings
-
-
-def worker_command(argv: list[str]) -> list[str]:
-    """The configured library's own worker, as `make worker` runs it under app/worker_main.py."""
-    from app.queues.celery.worker_command import command  # noqa: PLC0415
-
-    return command(argv)

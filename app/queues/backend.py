@@ -27,6 +27,16 @@ class QueueUnavailable(Exception):
         self.error = error
 
 
+class TimeLimitExceeded(Exception):
+    """A queued task ran past TASK_TIME_LIMIT_SECONDS: one exception class (and so one label and
+    one Sentry issue) whatever library stopped it."""
+
+
+class WorkerProcessLost(Exception):
+    """The process running a queued task died (SIGKILL, out of memory) where the library does not
+    run the task again (RQ moves it to its failed registry): a failure, reported as one."""
+
+
 class Backend(Protocol):
     def instrument(self, tracer_provider: TracerProvider) -> None:
         """Starts the library's own spans in this process (the PRODUCER span of each enqueue)."""

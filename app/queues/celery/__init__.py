@@ -1,4 +1,4 @@
-"""The Celery adapter, the only code that imports celery or kombu: its app and durability
-settings (app.py), the web side's producer (producer.py), the task class, bootsteps and signal
-handlers of the worker (consumer.py), the broker's depth (depth.py), its spans (tracing.py), the
-app `celery -A` loads (worker.py) and the command that starts it (worker_command.py)."""
+"""The Celery adapter, the only code that imports celery or kombu: what the seam asks of it
+(adapter.py: producer, worker command, queue depth), its app and durability settings (app.py),
+the web side's producer (producer.py), the task class, bootsteps and signal handlers of the worker
+(consumer.py), its spans (tracing.py) and the app `celery -A` loads (worker.py)."""

@@ -11,6 +11,8 @@ make a queue lose nothing silently (README, "Heavy tasks on Celery"):
 - a visibility timeout above the longest task: Redis redelivers a message unacknowledged for that
   long, so a shorter one would run long tasks twice (after a broker crash, the worker gives back
   at once what the crash left unacknowledged: consumer.RestoreOrphans);
+- a time limit (TASK_TIME_LIMIT_SECONDS): Celery has none by default, and a hung task would hold
+  its child for ever;
 - a soft shutdown: on SIGTERM, running tasks get WORKER_SHUTDOWN_SECONDS, then their messages go
   back to the queue for another worker.
 """
@@ -23,11 +25,13 @@ from app.queues.celery.consumer import ObservedTask
 from app.settings import Settings
 from app.task_registry import TaskRegistry
 
+HARD_LIMIT_GRACE_SECONDS = 10
+
 
 def create_celery(settings: Settings, tasks: TaskRegistry, *, producer: bool) -> Celery:
-    if settings.celery_broker_url is None:
-        raise ValueError("CELERY_BROKER_URL is not set")
-    celery = Celery("background-tasks", broker=str(settings.celery_broker_url), set_as_current=False)
+    if settings.broker_url is None:
+        raise ValueError("BROKER_URL is not set")
+    celery = Celery("background-tasks", broker=str(settings.broker_url), set_as_current=False)
     transport: dict[str, Any] = {"visibility_timeout": settings.queue_visibility_timeout_seconds}
     # On the web side each attempt to reach the broker gets a third of the request's budget: a
     # refused or hung connection fails in time for one retry, and the request still answers
@@ -51,6 +55,12 @@ def create_celery(settings: Settings, tasks: TaskRegistry, *, producer: bool) ->
         broker_connection_retry_on_startup=True,
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": attempt},
     )
+    if not producer:
+        # The worker's own: a limit the web side wrote into each message would override it. The
+        # soft limit raises inside the task (ObservedTask makes it TimeLimitExceeded); the hard
+        # one kills a child that did not stop, later, for a task stuck where no exception reaches.
+        celery.conf.task_soft_time_limit = settings.task_time_limit_seconds
+        celery.conf.task_time_limit = settings.task_time_limit_seconds + HARD_LIMIT_GRACE_SECONDS
     for name, func in tasks.items():
         celery.task(name=name, base=ObservedTask)(func)
     return celery

@@ -18,14 +18,13 @@ from typing import Any
 
 from celery import Celery, Task, bootsteps, signals
 from celery.apps import worker as celery_worker
-from celery.exceptions import Retry
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from opentelemetry import trace
 
 from app.observability.logging import JsonFormatter, configure_logging
 from app.observability.task_telemetry import observed_task
 from app.observability.worker_process import QueueWorkerTelemetry, WorkerProcesses
-from app.queues.backend import Envelope
-from app.queues.celery.depth import QueueCollector
+from app.queues.backend import Envelope, TimeLimitExceeded
 from app.queues.celery.tracing import instrument_celery
 from app.settings import Settings
 
@@ -54,8 +53,13 @@ class ObservedTask(Task):
             arguments=(args, kwargs),
             contain=False,
             requeued=(Retry,),
+            # The standard messaging attributes, which the instrumentation leaves out of this span.
+            span_attributes={"messaging.system": "celery", "messaging.message.id": request.id},
         ):
-            return self.run(*args, **kwargs)
+            try:
+                return self.run(*args, **kwargs)
+            except SoftTimeLimitExceeded as exc:
+                raise TimeLimitExceeded(f"{self.soft_time_limit or self.app.conf.task_soft_time_limit} s") from exc
 
 
 class ConsumerAlive(bootsteps.StartStopStep):
@@ -71,8 +75,10 @@ class ConsumerAlive(bootsteps.StartStopStep):
         self._timer: Any = None
 
     def start(self, parent: Any) -> None:
-        path = _telemetry(parent.app).alive_file
+        telemetry = _telemetry(parent.app)
+        path = telemetry.alive_file
         path.touch()
+        telemetry.logger.info("consumer ready")
         self._timer = parent.timer.call_repeatedly(self.INTERVAL, path.touch)
 
     def stop(self, parent: Any) -> None:  # noqa: ARG002 - Celery's bootstep signature
@@ -128,9 +134,7 @@ class CeleryWorkerSignals:
     def __init__(self, app: Celery, settings: Settings) -> None:
         self._app = app
         self._settings = settings
-        self.processes = WorkerProcesses(
-            settings, instrument=instrument_celery, collectors=lambda logger: [QueueCollector(app, logger)]
-        )
+        self.processes = WorkerProcesses(settings, instrument=instrument_celery)
         self._connected: list[tuple[Any, Any]] = [
             (signals.celeryd_init, self.on_celeryd_init),
             (signals.setup_logging, self.on_setup_logging),

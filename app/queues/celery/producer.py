@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from app.queues.backend import Envelope
 from app.queues.celery.app import create_celery
-from app.queues.celery.tracing import end_producer_span, instrument_celery
+from app.queues.celery.tracing import end_producer_span, instrument_celery, share_span_table
 from app.settings import Settings
 from app.task_registry import TaskRegistry
 
@@ -19,6 +19,7 @@ class CeleryProducer:
 
     def __init__(self, settings: Settings, tasks: TaskRegistry) -> None:
         self.celery = create_celery(settings, tasks, producer=True)
+        share_span_table(self.celery.tasks[name] for name in tasks)
 
     def instrument(self, tracer_provider: TracerProvider) -> None:
         instrument_celery(tracer_provider)

@@ -25,3 +25,13 @@ def end_producer_span(task: Any, task_id: str, exc: BaseException) -> None:
         _span, activation, _token = context
         activation.__exit__(type(exc), exc, exc.__traceback__)  # records it, status ERROR, ends it
         celery_tracing.detach_context(task, task_id, is_publish=True)
+
+
+def share_span_table(tasks: Any) -> None:
+    """The instrumentation keeps each task's open spans in a dict it makes on the task object at the
+    first publish, unlocked: two threads publishing the first time both make one, and the spans
+    stored in the dict that lost stay open for ever (a PRODUCER span lost, and "Failed to detach
+    context" when they are collected). Made here, before any thread publishes."""
+    for task in tasks:
+        if getattr(task, celery_tracing.CTX_KEY, None) is None:
+            setattr(task, celery_tracing.CTX_KEY, {})

@@ -1,0 +1,57 @@
+"""The Dramatiq broker both sides build from settings: the web side to publish, the worker to run.
+
+The settings below are the ones that make it lose nothing silently (README, "Heavy tasks on a
+queue"):
+- acknowledgements after processing (Dramatiq's only mode): a message leaves the broker only
+  when its task ended, so a process that dies mid-task leaves it there;
+- on Redis, a dead worker's messages are given back by the next maintenance after its heartbeats
+  stop for QUEUE_VISIBILITY_TIMEOUT_SECONDS (Dramatiq's heartbeat timeout, above the time limit:
+  a process busy with its longest task sends none). On RabbitMQ, the broker redelivers them as
+  soon as the connection closes, with its `redelivered` flag;
+- publisher confirms on RabbitMQ: a 200 means the broker holds the message;
+- no retries yet (Dramatiq retries 20 times by default): a failure is one failure, reported once;
+- TASK_TIME_LIMIT_SECONDS for Dramatiq's 10-minute default.
+"""
+
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from dramatiq import Broker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware, default_middleware
+
+from app.queues.rabbitmq import virtual_host
+from app.settings import Settings
+
+QUEUE = "default"  # Dramatiq's default queue
+# Of a million broker commands, how many also run Dramatiq's maintenance, which gives back the
+# messages of workers whose heartbeats stopped (Dramatiq's default is a thousand: on an idle worker,
+# minutes after the visibility timeout). It reads one sorted set unless a worker is dead: cheap.
+MAINTENANCE_CHANCE = 100_000
+
+
+def make_broker(settings: Settings, middleware: list[Middleware], *, producer: bool) -> Broker:
+    assert settings.broker_url is not None
+    url = str(settings.broker_url)
+    # On the web side each attempt to reach the broker gets a third of the request's budget.
+    attempt = settings.enqueue_timeout_seconds / 3
+    stack = middleware if producer else [m() for m in default_middleware] + middleware
+    if settings.broker_on_redis:
+        options: dict[str, Any] = {"socket_timeout": attempt, "socket_connect_timeout": attempt} if producer else {}
+        return RedisBroker(  # type: ignore[no-untyped-call]
+            url=url,
+            middleware=stack,
+            heartbeat_timeout=int(settings.queue_visibility_timeout_seconds * 1000),
+            maintenance_chance=MAINTENANCE_CHANCE,
+            **options,
+        )
+    broker = settings.broker_url
+    # pika names the virtual host in the path, quoted (the default `/` is `%2F`).
+    credentials = f"{broker.username or 'guest'}:{broker.password or 'guest'}"
+    url = (
+        f"{broker.scheme}://{credentials}@{broker.host}:{broker.port or 5672}/{quote(virtual_host(settings), safe='')}"
+    )
+    if producer:
+        url += "?" + urlencode({"socket_timeout": attempt, "stack_timeout": attempt * 2, "connection_attempts": 1})
+    return RabbitmqBroker(url=url, middleware=stack, confirm_delivery=True)

@@ -1,0 +1,125 @@
+"""The worker's Dramatiq: each queued task runs inside ``observed_task``, as in-process ones do,
+in the CONSUMER span that continues the request's trace (app/queues/spans.py). ``WorkerHooks``
+connects Dramatiq's middleware hooks to the worker-process lifecycle
+(app/observability/worker_process.py)."""
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dramatiq import Broker, Worker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage, Middleware
+from dramatiq.middleware import TimeLimitExceeded as DramatiqTimeLimitExceeded
+
+from app.observability.logging import configure_logging
+from app.observability.worker_process import WorkerProcesses
+from app.queues.backend import TimeLimitExceeded
+from app.queues.spans import observed_message
+from app.settings import Settings
+
+SYSTEM = "dramatiq"
+ENVELOPE = "envelope"  # the message option that carries it
+ACTOR_LOGGER = "dramatiq.actors"
+ALIVE_INTERVAL_SECONDS = 5.0
+_STARTED = "{namespace}:background-tasks:started:{id}"
+
+
+class WorkerHooks(Middleware):
+    """In each of Dramatiq's worker processes (it forks them, then each imports the worker module):
+    the telemetry at boot, the spans and Sentry events flushed at shutdown."""
+
+    def __init__(self, processes: WorkerProcesses, settings: Settings) -> None:
+        self.processes = processes
+        self._settings = settings
+        self._stopping = threading.Event()
+
+    def after_process_boot(self, broker: Broker) -> None:  # noqa: ARG002 - Dramatiq's hook signature
+        configure_logging(self._settings.log_level, self._settings.log_format)  # `dramatiq --skip-logging`
+        logging.getLogger(ACTOR_LOGGER).setLevel(max(logging.INFO, logging.getLogger().level))
+        self.processes.before_fork()
+        self.processes.in_child()
+
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:  # noqa: ARG002
+        telemetry = self.processes.telemetry
+        telemetry.logger.info("consumer ready")
+        threading.Thread(target=self._keep_alive, args=(worker, telemetry.alive_file), daemon=True).start()
+
+    def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:  # noqa: ARG002
+        self._stopping.set()
+
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:  # noqa: ARG002
+        self.processes.at_child_exit()
+
+    def _keep_alive(self, worker: Worker, path: Path) -> None:
+        """WORKER_ALIVE_FILE touched every few seconds while every consumer thread of this process
+        lives (each reconnects to the broker by itself): what the liveness probe checks."""
+        while not self._stopping.is_set():
+            if all(thread.is_alive() for thread in worker.consumers.values()):
+                path.touch()
+            self._stopping.wait(ALIVE_INTERVAL_SECONDS)
+
+
+class _Deliveries:
+    """Whether a message was delivered before. RabbitMQ flags a redelivery. Dramatiq's Redis broker
+    gives a dead worker's message back as it was sent, so a delivery leaves a mark in Redis while
+    its task runs (one SET, one DEL): a mark already there is the mark of a run that died."""
+
+    MARK_SECONDS = 86_400  # outlives any redelivery; removed at the end of each run
+
+    def __init__(self, broker: Broker) -> None:
+        self._redis = broker.client if isinstance(broker, RedisBroker) else None
+        self._namespace = getattr(broker, "namespace", "")
+
+    @contextmanager
+    def delivered(self, message: Any) -> Iterator[bool]:
+        flag = getattr(message, "redelivered", None)
+        if flag is not None or self._redis is None:
+            yield bool(flag)
+            return
+        key = _STARTED.format(namespace=self._namespace, id=message.message_id)
+        first = self._redis.set(key, 1, nx=True, ex=self.MARK_SECONDS)
+        try:
+            yield not first
+        finally:
+            self._redis.delete(key)
+
+
+def observed_actor(
+    broker: Broker, processes: WorkerProcesses, name: str, func: Callable[..., None]
+) -> Callable[..., None]:
+    """The function Dramatiq runs for task ``name``: ``func`` observed."""
+    deliveries = _Deliveries(broker)
+
+    def run(*args: Any, **kwargs: Any) -> None:
+        telemetry = processes.telemetry
+        message = CurrentMessage.get_current_message()
+        assert message is not None  # the broker's middleware has CurrentMessage
+        with (
+            deliveries.delivered(message) as redelivered,
+            observed_message(
+                telemetry,
+                SYSTEM,
+                name,
+                message.message_id,
+                message.options.get(ENVELOPE),
+                arguments=(args, kwargs),
+                redelivered=redelivered,
+            ),
+        ):
+            try:
+                func(*args, **kwargs)
+            except DramatiqTimeLimitExceeded as exc:  # an Interrupt, raised in this thread at the limit
+                raise TimeLimitExceeded(str(exc)) from exc
+
+    run.__name__ = run.__qualname__ = name
+    # Dramatiq's actor logs each message's arguments at DEBUG, on a logger named after the
+    # function's module: one kept at INFO (WorkerHooks), as task arguments are never logged.
+    run.__module__ = ACTOR_LOGGER
+    return run
+
+
+__all__ = ["ENVELOPE", "CurrentMessage", "WorkerHooks", "observed_actor"]

@@ -1,0 +1,166 @@
+"""The RQ worker: `rq worker-pool --worker-class app.queues.rq.worker.ObservedWorker`, which
+`python -m app.worker_main` (`make worker`, the image, compose, k8s) starts and keeps running, with
+PROMETHEUS_MULTIPROC_DIR set: every pool worker and work horse writes its values there.
+
+RQ forks a work horse for each job. Each queued task runs in it inside ``observed_task``, in the
+CONSUMER span that continues the request's trace (app/queues/spans.py); the pool worker folds the
+horse's metric files once it has exited, so their number does not grow with the jobs run.
+
+What RQ does, and what is counted:
+- a horse killed mid-task (SIGKILL, out of memory): RQ moves the job to its failed registry and
+  does not run it again; it is a failure, WorkerProcessLost, with one Sentry event;
+- a task past TASK_TIME_LIMIT_SECONDS: RQ's timeout raises in the horse; TimeLimitExceeded;
+- SIGTERM: RQ's warm shutdown lets the running job finish; after WORKER_SHUTDOWN_SECONDS the job
+  is interrupted (as RQ's HerokuWorker does) and put back on the queue through RQ's failed-job
+  registry, and its next run is counted as a redelivery.
+
+Nothing here connects on import: RQ imports this module to find the worker class.
+"""
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rq import Queue, get_current_job
+from rq.exceptions import ShutDownImminentException
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+from rq.worker import HerokuWorker
+
+from app.observability.worker_process import WorkerProcesses
+from app.queues import worker_settings
+from app.queues.backend import TimeLimitExceeded, WorkerProcessLost
+from app.queues.rq.jobs import ENVELOPE, SYSTEM
+from app.queues.spans import observed_message
+from app.settings import Settings
+from app.task_registry import TaskRegistry, task_registry
+
+_REQUEUED = "requeued_at_shutdown"  # the job's meta key: its next run is a redelivery
+
+
+class _Worker:
+    """What the pool workers of one process share, built when RQ first makes a worker."""
+
+    def __init__(self) -> None:
+        self.settings: Settings = worker_settings()
+        self.tasks: TaskRegistry = task_registry(self.settings)
+        self.processes = WorkerProcesses(self.settings, instrument=lambda _provider: None)
+
+
+@functools.cache
+def _worker() -> _Worker:
+    return _Worker()
+
+
+@functools.cache
+def observed(name: str) -> Callable[..., None]:
+    """The function RQ runs for task ``name``, in the work horse."""
+    worker = _worker()
+    func = worker.tasks[name]
+
+    def run(*args: Any, **kwargs: Any) -> None:
+        telemetry = worker.processes.telemetry
+        job = get_current_job()
+        assert job is not None
+        with observed_message(
+            telemetry,
+            SYSTEM,
+            name,
+            job.id,
+            job.meta.get(ENVELOPE),
+            arguments=(args, kwargs),
+            redelivered=bool(job.meta.get(_REQUEUED)),
+            requeued=(ShutDownImminentException,),
+        ):
+            try:
+                func(*args, **kwargs)
+            except JobTimeoutException as exc:
+                raise TimeLimitExceeded(str(exc)) from exc
+
+    run.__name__ = run.__qualname__ = name
+    return run
+
+
+class ObservedWorker(HerokuWorker):
+    """RQ's worker (HerokuWorker: a warm shutdown interrupts the job after a delay) with the
+    worker-process hooks: telemetry when it starts, the horse's spans and Sentry events flushed
+    before it exits, its files folded after, a killed horse's job counted as a failure."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings = _worker().settings
+        # Heartbeats (which touch WORKER_ALIVE_FILE, the liveness probe's) at least every 15 s idle
+        # (RQ waits for a job worker_ttl - 15 s) and every 10 s while a job runs.
+        # No job descriptions in its log lines: they hold the task's arguments.
+        options = {"worker_ttl": 30, "job_monitoring_interval": 10, "log_job_description": False}
+        super().__init__(*args, **{**kwargs, **options})
+        self.imminent_shutdown_delay = max(1, round(settings.worker_shutdown_seconds))
+        self._time_limit = max(1, round(settings.task_time_limit_seconds))
+        self._horse = 0
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        processes = _worker().processes
+        processes.before_fork()
+        processes.in_child()
+        processes.telemetry.logger.info("consumer ready")
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            processes.at_child_exit()
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        super().heartbeat(*args, **kwargs)
+        _worker().settings.worker_alive_file.touch()
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        job.timeout = self._time_limit  # the worker's limit, whatever the job was sent with
+        try:
+            super().execute_job(job, queue)
+        finally:
+            if self._horse:
+                _worker().processes.child_reaped(self._horse)
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        super().fork_work_horse(job, queue)
+        self._horse = self.horse_pid
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:  # in the horse
+        processes = _worker().processes
+        processes.in_job_process()
+        try:
+            return bool(super().perform_job(job, queue, execution))
+        finally:
+            processes.at_child_exit()
+
+    def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        super().handle_job_failure(job, queue, *args, **kwargs)
+        if ShutDownImminentException.__name__ in str(kwargs.get("exc_string", "")):
+            # Interrupted by the shutdown, not failed: back on the queue, first, through RQ's registry.
+            job.meta[_REQUEUED] = True
+            job.save_meta()  # type: ignore[no-untyped-call]
+            queue.failed_job_registry.requeue(job.id, at_front=True)
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """RQ logs each failure with its traceback and the job's arguments, then runs the exception
+        handlers (none here): ``observed_task`` has reported it already, in its log line (without
+        arguments) and its Sentry event. The job still goes to RQ's failed registry."""
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[no-untyped-call]
+        telemetry = _worker().processes.telemetry
+        name = (job.func_name or "unknown").rsplit(".", 1)[-1]
+        started = job.started_at.timestamp() if job.started_at else time.time()
+        try:
+            with observed_message(
+                telemetry,
+                SYSTEM,
+                name,
+                job.id,
+                job.meta.get(ENVELOPE),
+                arguments=(tuple(job.args), job.kwargs),
+                started_at=started,
+                ran_before=max(0.0, time.time() - started),
+            ):
+                raise WorkerProcessLost(f"the work horse exited with status {ret_val}")
+        except WorkerProcessLost:
+            pass  # counted, reported and logged: RQ moves the job to its failed registry
