@@ -188,6 +188,8 @@ def test_counts_are_exact_across_web_workers_and_worker_processes(queue: Queue) 
     assert len(enqueuers) >= 2
     runners = {line["pid"] for line in queue.worker.app_logs() if line.get("message") == "background task success"}
     assert len(runners) >= (len(emails) // 40 if queue.library == "celery" else 2)
+    # No line of the worker, whatever the library, carries a task's arguments.
+    assert not any(email in queue.worker.stderr() for email in emails[:20])
     # However many processes ran tasks, a scrape reads the files of the live ones and the merged
     # ones: their number does not grow with the tasks run, nor does a scrape's time.
     files = list(queue.worker.multiproc_dir.glob("*.db"))

@@ -24,6 +24,10 @@ from app.settings import Settings
 SYSTEM = "dramatiq"
 ENVELOPE = "envelope"  # the message option that carries it
 ACTOR_LOGGER = "dramatiq.actors"
+# Dramatiq's lines that name a message with its arguments (`send_email('a@example.com', …)`): the
+# actor's at DEBUG, the worker thread's when a task fails (observed_task logs that failure, without
+# them). Task arguments are never logged.
+QUIETED_LOGGERS = {ACTOR_LOGGER: logging.INFO, "dramatiq.worker.WorkerThread": logging.CRITICAL}
 ALIVE_INTERVAL_SECONDS = 5.0
 _STARTED = "{namespace}:background-tasks:started:{id}"
 
@@ -39,7 +43,8 @@ class WorkerHooks(Middleware):
 
     def after_process_boot(self, broker: Broker) -> None:  # noqa: ARG002 - Dramatiq's hook signature
         configure_logging(self._settings.log_level, self._settings.log_format)  # `dramatiq --skip-logging`
-        logging.getLogger(ACTOR_LOGGER).setLevel(max(logging.INFO, logging.getLogger().level))
+        for name, level in QUIETED_LOGGERS.items():
+            logging.getLogger(name).setLevel(max(level, logging.getLogger().level))
         self.processes.before_fork()
         self.processes.in_child()
 
@@ -116,8 +121,7 @@ def observed_actor(
                 raise TimeLimitExceeded(str(exc)) from exc
 
     run.__name__ = run.__qualname__ = name
-    # Dramatiq's actor logs each message's arguments at DEBUG, on a logger named after the
-    # function's module: one kept at INFO (WorkerHooks), as task arguments are never logged.
+    # Dramatiq's actor logs on a logger named after the function's module: one of QUIETED_LOGGERS.
     run.__module__ = ACTOR_LOGGER
     return run
 
