@@ -124,6 +124,3 @@ def observed_actor(
     # Dramatiq's actor logs on a logger named after the function's module: one of QUIETED_LOGGERS.
     run.__module__ = ACTOR_LOGGER
     return run
-
-
-__all__ = ["ENVELOPE", "CurrentMessage", "WorkerHooks", "observed_actor"]
