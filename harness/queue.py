@@ -158,9 +158,6 @@ class RabbitMQServer:
         self.stop()
         shutil.rmtree(self.home, ignore_errors=True)
 
-    def crash(self) -> None:
-        self._signal_group(signal.SIGKILL)
-
     def waiting_and_unacked(self, task_queue: str = "celery") -> tuple[int, int]:
         env = {"BROKER_URL": self.url, "TASK_QUEUE": task_queue, "BROKER_MANAGEMENT_URL": self.management_url}
         return waiting_and_unacked(env)

@@ -23,12 +23,6 @@ CLIENTS = 3
 ENV = {"EMAIL_SEND_SECONDS": "0.3", "WORKER_SHUTDOWN_SECONDS": "5"}
 
 
-def crash(redis: RedisServer) -> None:
-    assert redis.process is not None
-    redis.process.send_signal(signal.SIGKILL)
-    redis.process.wait(timeout=10)
-
-
 def sent(web: Gunicorn) -> collections.Counter[str]:
     return collections.Counter(web.emails_sent())
 
@@ -93,7 +87,7 @@ def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice
     try:
         for _ in range(CRASHES):
             time.sleep(random.uniform(1.0, 2.5))
-            crash(redis)
+            redis.crash()
             time.sleep(DOWN_SECONDS)
             redis.start()
         last_return = time.monotonic()
@@ -165,7 +159,7 @@ def test_a_broker_crash_during_the_soft_shutdown_ends_it_in_time_and_the_task_co
     stopped = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)  # the soft shutdown: the task may finish
     time.sleep(0.5)
-    crash(redis)
+    redis.crash()
     worker.process.wait(timeout=shutdown + 10)
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=5, what="every process gone")
     assert time.monotonic() - stopped < shutdown + 10
