@@ -2,6 +2,7 @@
 test process (PR_SET_PDEATHSIG), and the one way to wait for a condition."""
 
 import ctypes
+import random
 import signal
 import socket
 import subprocess
@@ -28,6 +29,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def restartable_port() -> int:
+    """A free port below the ephemeral range, for a server the tests stop and start again. While it
+    is down, clients retrying to reach it take ephemeral ports, and one can take the server's own
+    port (a localhost socket connected to itself), which the server then cannot bind again."""
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(10_000, lowest_ephemeral)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def die_with_parent() -> None:
