@@ -18,7 +18,8 @@ from app.observability.middleware import RequestTelemetryMiddleware
 from app.observability.task_wrapper import install_task_wrapper
 from app.observability.tracing import make_tracer_provider, start_export
 from app.queues import backend_for
-from app.routes import operations_router, tutorial_router
+from app.queues.task_states import task_states
+from app.routes import operations_router, task_state_router, tutorial_router
 from app.scheduler import Scheduler
 from app.settings import Settings
 from app.task_registry import task_registry
@@ -38,7 +39,8 @@ def create_app(settings: Settings) -> FastAPI:
         include_pii=settings.telemetry_include_pii,
         access_log=settings.access_log,
     )
-    backend = backend_for(settings, task_registry(settings), backlog.books)
+    states = task_states(settings)
+    backend = backend_for(settings, task_registry(settings), backlog.books, states)
     schedule = Scheduler(backend, backlog.books, retry_after_seconds=settings.retry_after_seconds)
 
     @asynccontextmanager
@@ -73,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.telemetry = telemetry  # what the app's tasks emit through: metrics, tracer, logger
     app.state.schedule = schedule  # routes reach it through the Schedule dependency
     app.include_router(tutorial_router(settings))
+    app.include_router(task_state_router(settings, states, backlog.books))
     app.include_router(operations_router(settings, metrics))
 
     app.add_middleware(RequestTelemetryMiddleware, telemetry=telemetry)

@@ -58,7 +58,7 @@ async def plain_query(request: Request) -> None:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"Query parameter {repeated!r} is given more than once")
 
 
-_DETAIL: dict[str, Any] = {
+DETAIL: dict[str, Any] = {
     "content": {
         "application/json": {
             "schema": {
@@ -71,12 +71,12 @@ _DETAIL: dict[str, Any] = {
 }
 # What a task route can answer besides 200 and FastAPI's own 422, for clients and for schemathesis.
 REFUSALS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Query string refused: not UTF-8, too many or repeated parameters", **_DETAIL},
-    413: {"description": "A request body was sent; these endpoints take none", **_DETAIL},
+    400: {"description": "Query string refused: not UTF-8, too many or repeated parameters", **DETAIL},
+    413: {"description": "A request body was sent; these endpoints take none", **DETAIL},
     503: {
         "description": "Too many background tasks pending, or the task queue unavailable; retry after Retry-After",
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-        **_DETAIL,
+        **DETAIL,
     },
 }
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "Missing or invalid bearer token", **_DETAIL}}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "Missing or invalid bearer token", **DETAIL}}

@@ -1,16 +1,23 @@
 """Every endpoint: the tutorial's (the README's "Endpoints" table), whose handlers only schedule
-work for the wrapper to observe, and the operations' (the scrape and the probes)."""
+work for the wrapper to observe, a queued task's state and cancellation, and the operations'
+(the scrape and the probes)."""
 
-from typing import Annotated
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal, cast
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import EmailStr
+from opentelemetry import trace
+from pydantic import BaseModel, EmailStr
 
 from app.auth import bearer_user, metrics_reader
+from app.observability.books import Books
 from app.observability.metrics import Metrics
-from app.request_limits import REFUSALS, SINGLE_LINE, UNAUTHORIZED, SingleLine, plain_query
-from app.scheduler import Schedule
+from app.queues.task_states import STARTED, TaskState, TaskStates
+from app.request_limits import DETAIL, REFUSALS, SINGLE_LINE, UNAUTHORIZED, SingleLine, plain_query
+from app.scheduler import TASK_ID_HEADER, Schedule
 from app.settings import Settings
 from app.tasks import LogFile, log_message, write_log
 
@@ -28,11 +35,11 @@ def tutorial_router(settings: Settings) -> APIRouter:
         background_tasks.add_task(write_log, log, msg)
         return {"status": "Message logged in background"}
 
-    @router.post("/send-mail/")
+    @router.post("/send-mail/", responses={200: {"headers": QUEUED_TASK_ID}})
     async def send_mail(
         email: Annotated[EmailStr, Query(max_length=254)], background_tasks: BackgroundTasks, schedule: Schedule
     ) -> dict[str, str]:
-        # The heavy task: on Celery when CELERY_BROKER_URL is set, else in this worker.
+        # The heavy task: on the TASK_QUEUE library when BROKER_URL is set, else in this worker.
         await schedule(background_tasks, "send_email", email, "Welcome!", "Thanks for joining 🎉")
         return {"status": f"Email to {email} is being sent in background"}
 
@@ -45,6 +52,106 @@ def tutorial_router(settings: Settings) -> APIRouter:
     async def send_message(message: Message, background_tasks: BackgroundTasks) -> dict[str, str]:
         background_tasks.add_task(log_message, log, message)
         return {"message": "Message received. It will be logged soon."}
+
+    return router
+
+
+QUEUED_TASK_ID = {
+    TASK_ID_HEADER: {"description": "The queued task's id, for /tasks/{task_id}; absent in process", "schema": {}}
+}
+TaskStateName = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+STATE_OFF = "Task state tracking is off: tasks run in process (no BROKER_URL), or TASK_STATE_URL is not set"
+STATE_UNAVAILABLE = "The task state store is unavailable; retry later."
+
+
+class TaskStatus(BaseModel):
+    id: uuid.UUID
+    task: str
+    state: TaskStateName
+    attempts: int
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    exception: str | None  # a failure's exception class, never its message
+
+    @classmethod
+    def of(cls, state: TaskState) -> "TaskStatus":
+        return cls(
+            id=uuid.UUID(state.id),
+            task=state.task,
+            state=cast("TaskStateName", state.state),  # one of the store's
+            attempts=state.attempts,
+            enqueued_at=_at(state.enqueued_at),
+            started_at=_at(state.started_at),
+            finished_at=_at(state.finished_at),
+            exception=state.exception,
+        )
+
+
+def _at(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+def task_state_router(settings: Settings, states: TaskStates | None, books: Books) -> APIRouter:
+    """GET and DELETE /tasks/{task_id}: what became of a queued task, and its cancellation before it
+    starts (app/queues/task_states.py). With the same bearer token as /notify/."""
+    responses: dict[int | str, dict[str, object]] = {
+        **UNAUTHORIZED,
+        404: {"description": "No task with this id: unknown, or its state expired", **DETAIL},
+        501: {"description": STATE_OFF, **DETAIL},
+        503: {"description": STATE_UNAVAILABLE, "headers": {"Retry-After": {"schema": {"type": "integer"}}}, **DETAIL},
+    }
+    router = APIRouter(
+        prefix="/tasks",
+        tags=["tasks"],
+        dependencies=[Depends(bearer_user(settings)), Depends(plain_query)],
+        responses={**REFUSALS, **responses},
+    )
+    retry_after = {"Retry-After": str(settings.retry_after_seconds)}
+
+    def store() -> TaskStates:
+        if states is None:
+            raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, STATE_OFF)
+        return states
+
+    def unknown(task_id: uuid.UUID) -> HTTPException:
+        return HTTPException(status.HTTP_404_NOT_FOUND, f"No task {task_id}: unknown, or its state expired")
+
+    @router.get("/{task_id}")
+    def task_status(task_id: uuid.UUID) -> TaskStatus:
+        tracked = store()
+        try:
+            state = tracked.read(str(task_id))
+        except tracked.errors:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, STATE_UNAVAILABLE, headers=retry_after) from None
+        if state is None:
+            raise unknown(task_id)
+        return TaskStatus.of(state)
+
+    @router.delete(
+        "/{task_id}",
+        status_code=status.HTTP_202_ACCEPTED,
+        responses={409: {"description": "The task has started, finished or was cancelled already", **DETAIL}},
+    )
+    def cancel_task(task_id: uuid.UUID) -> TaskStatus:
+        tracked = store()
+        try:
+            previous = tracked.cancel(str(task_id))
+            state = tracked.read(str(task_id)) if previous == "queued" else None
+        except tracked.errors:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, STATE_UNAVAILABLE, headers=retry_after) from None
+        if previous is None:
+            raise unknown(task_id)
+        if previous == "cancelled":
+            raise HTTPException(status.HTTP_409_CONFLICT, "The task was cancelled already")
+        if previous in STARTED:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"The task has started: it is {previous}")
+        assert state is not None  # cancelled now: its message stays in the queue, and no worker runs it
+        books.dropped(state.task, state.route, "cancelled", log_level=logging.DEBUG)
+        trace.get_current_span().add_event(
+            "background_task.cancelled", {"background_task.id": state.id, "background_task.name": state.task}
+        )
+        return TaskStatus.of(state)
 
     return router
 

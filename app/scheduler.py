@@ -7,15 +7,16 @@ gets the client a 503 with Retry-After, counted in ``background_tasks_enqueue_fa
 never a 500.
 """
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
-from fastapi import BackgroundTasks, Depends, HTTPException, Request, status
+from fastapi import BackgroundTasks, Depends, HTTPException, Request, Response, status
 
 from app.observability.books import Books
 from app.observability.context import current_request
 from app.queues.backend import NO_ROUTE, Backend, QueueUnavailable
 
 QUEUE_UNAVAILABLE = "The task queue is unavailable; retry later."
+TASK_ID_HEADER = "X-Task-Id"
 
 
 class Scheduler:
@@ -24,11 +25,11 @@ class Scheduler:
         self._books = books
         self._retry_after = str(retry_after_seconds)
 
-    async def __call__(self, background_tasks: BackgroundTasks, name: str, *args: Any) -> None:
+    async def __call__(self, background_tasks: BackgroundTasks, name: str, *args: Any) -> str | None:
         record = current_request.get()
         route = record.route if record is not None else NO_ROUTE
         try:
-            await self.backend.schedule(background_tasks, name, args, route)
+            return await self.backend.schedule(background_tasks, name, args, route)
         except QueueUnavailable as exc:
             self._books.not_enqueued(name, route, exc.error)
             raise HTTPException(
@@ -36,9 +37,22 @@ class Scheduler:
             ) from None
 
 
-def _scheduler(request: Request) -> Scheduler:
+class ScheduleTask(Protocol):
+    async def __call__(self, background_tasks: BackgroundTasks, name: str, *args: Any) -> str | None: ...
+
+
+def _scheduler(request: Request, response: Response) -> ScheduleTask:
+    """The app's scheduler, for one request: a queued task's id goes back in X-Task-Id (one
+    header per task), for GET and DELETE /tasks/{id}. The response body stays the tutorial's."""
     scheduler: Scheduler = request.app.state.schedule
-    return scheduler
+
+    async def schedule(background_tasks: BackgroundTasks, name: str, *args: Any) -> str | None:
+        task_id = await scheduler(background_tasks, name, *args)
+        if task_id is not None:
+            response.headers.append(TASK_ID_HEADER, task_id)
+        return task_id
+
+    return schedule
 
 
-Schedule = Annotated[Scheduler, Depends(_scheduler)]
+Schedule = Annotated[ScheduleTask, Depends(_scheduler)]

@@ -9,6 +9,7 @@ from pydantic import (
     AnyHttpUrl,
     AnyUrl,
     Field,
+    RedisDsn,
     SecretStr,
     ValidationError,
     field_validator,
@@ -50,6 +51,12 @@ class Settings(BaseSettings):
     log_file: Path = Path("background-tasks.log")
     email_send_seconds: float = Field(default=5.0, ge=0, le=3600)
     email_failure_rate: float = Field(default=0.0, ge=0, le=1, description="Share of simulated sends that fail.")
+    email_max_attempts: int = Field(
+        default=3, ge=1, le=100, description="send_email's attempts, the first included, on EmailDeliveryError."
+    )
+    email_retry_backoff_seconds: float = Field(
+        default=1.0, gt=0, le=3600, description="The wait before send_email's first retry; doubled each time."
+    )
     max_message_length: int = Field(default=1000, ge=1, le=100_000)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -82,6 +89,13 @@ class Settings(BaseSettings):
     )
     task_time_limit_seconds: float = Field(
         default=600.0, gt=0, le=86_400, description="A queued task running longer fails with TimeLimitExceeded."
+    )
+    task_state_url: RedisDsn | None = Field(
+        default=None,
+        description="Redis for GET/DELETE /tasks/{id}: by default a Redis BROKER_URL; with RabbitMQ, none (off).",
+    )
+    task_state_ttl_seconds: int = Field(
+        default=86_400, ge=60, le=90 * 86_400, description="How long a queued task's state is kept."
     )
     worker_concurrency: int = Field(default=2, ge=1, le=256, description="Processes of `make worker`.")
     worker_threads: int = Field(default=8, ge=1, le=256, description="Threads per process (Dramatiq only).")
@@ -143,6 +157,15 @@ class Settings(BaseSettings):
     @property
     def broker_on_redis(self) -> bool:
         return self.broker_url is not None and self.broker_url.scheme in ("redis", "rediss")
+
+    @property
+    def task_state_redis(self) -> str | None:
+        """Where queued tasks' states live: TASK_STATE_URL, else a Redis broker; None: tracking is off."""
+        if self.broker_url is None:
+            return None
+        if self.task_state_url is not None:
+            return str(self.task_state_url)
+        return str(self.broker_url) if self.broker_on_redis else None
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -199,7 +199,8 @@ def background_tasks() -> Any:
                 f"(rate(background_task_duration_seconds_count{{{tasks}}}[{RATE}]))"
             },
             "ops",
-            "Tasks per second that ended, by outcome: success, failure, cancelled.",
+            "Attempts per second that ended, by outcome: success, failure (for good), retry (another attempt "
+            "follows), cancelled.",
         ),
         _panel(
             "Failure ratio",
@@ -209,7 +210,8 @@ def background_tasks() -> Any:
                 f'{{{tasks}, outcome=~"success|failure"}}[{RATE}]))'
             },
             "percentunit",
-            "Failed tasks ÷ finished tasks (success or failure; cancelled ones did not finish).",
+            "Tasks failed for good ÷ finished tasks (success or failure; a retried attempt and a cancelled "
+            "task did not finish).",
             links=[failed_traces, _sentry_link()],
         ),
         _panel(
@@ -221,6 +223,16 @@ def background_tasks() -> Any:
             "ops",
             "Each failure is also a Sentry event tagged background_task, and an ERROR span.",
             links=[failed_traces, _sentry_link()],
+        ),
+        _panel(
+            "Retries",
+            {
+                "{{task}} {{exception}}": "sum by (task, exception) "
+                f"(rate(background_task_retries_total{{{tasks}}}[{RATE}]))"
+            },
+            "ops",
+            "Attempts that failed and will be retried, per second, as each task's retry policy says. Not "
+            "failures: a task fails once its last attempt does. Many retries are a dependency in trouble.",
         ),
         _panel(
             "Scheduled",
@@ -247,7 +259,8 @@ def background_tasks() -> Any:
                 f"(increase(background_tasks_dropped_total{{{tasks}}}[{RATE}]))"
             },
             "short",
-            'Tasks that never ran or never finished: reason="shutdown" is the drain deadline.',
+            'Tasks that never ran or never finished: reason="shutdown" is the drain deadline (a task running '
+            'or waiting to retry); reason="cancelled" a queued task its client cancelled.',
         ),
         _panel(
             "Lost (scheduled - finished - dropped - pending - queued - unacked)",

@@ -97,6 +97,7 @@ class Span:
     status_code: int  # 0 unset, 1 ok, 2 error
     attributes: dict[str, Any]
     event_names: list[str]
+    start: int  # nanoseconds since the epoch
 
 
 class OtlpReceiver:
@@ -129,6 +130,7 @@ class OtlpReceiver:
                 status_code=s.status.code,
                 attributes={a.key: _any_value(a.value) for a in s.attributes},
                 event_names=[e.name for e in s.events],
+                start=s.start_time_unix_nano,
             )
             for rs in request.resource_spans
             for ss in rs.scope_spans

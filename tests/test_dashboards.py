@@ -52,6 +52,7 @@ def _warm_up(server: Gunicorn, prometheus: Prometheus) -> None:
         ("/send-message/", {"message": "warm"}),
         ("/orders/", {"email": "w@example.com", "order_id": "w1"}),
         ("/reservations/", {"order_id": "w2"}),
+        ("/inventory/sync/", {"sku": "w3"}),
     ]:
         assert client.post(path, params=params).status_code == 200
     # As many imports as the measured traffic: a counter's first value in the window must not be
@@ -109,6 +110,7 @@ def _measured(server: Gunicorn) -> tuple[int, int]:
         assert client.post("/orders/", params={"email": f"m{i}@example.com", "order_id": f"m{i}"}).status_code == 200
         assert client.post(SEND_MAIL, params={"email": f"m{i}@example.com"}).status_code == 200
         assert client.post("/log/", params={"msg": f"measured {i}"}).status_code == 200
+        assert client.post("/inventory/sync/", params={"sku": f"m{i}"}).status_code == 200
     return sum(count < 0 for count in IMPORT_COUNTS), len(IMPORT_COUNTS)
 
 
@@ -216,8 +218,8 @@ def test_every_alert_parses_and_its_signal_has_data(scene: Scene) -> None:
         assert scene.prometheus.query(signal_expr.group(1)), f"no data for the signal of {rule['alert']}"
         if scene.prometheus.query(rule["expr"]):
             firing.add(rule["alert"])
-    # The traffic failed tasks, dropped one, and kept responses fast.
-    assert firing == {"BackgroundTaskFailureRatioHigh", "BackgroundTasksDropped"}
+    # The traffic failed tasks, retried each inventory sync once, dropped one, and kept responses fast.
+    assert firing == {"BackgroundTaskFailureRatioHigh", "BackgroundTaskRetriesHigh", "BackgroundTasksDropped"}
 
 
 def test_the_gap_panel_shows_fast_responses_and_slow_tasks(scene: Scene) -> None:
@@ -241,6 +243,22 @@ def test_the_failure_ratio_is_failures_over_tasks_sent(scene: Scene) -> None:
     assert _value(result, task="import_rows") == pytest.approx(scene.imports_failed / scene.imports_sent, abs=1e-9)
     assert _value(result, task="charge_card") == pytest.approx(1.0)
     assert scene.imports_failed / scene.imports_sent == pytest.approx(1 / 3)
+
+
+def test_the_retries_panel_shows_one_retry_per_inventory_sync(scene: Scene) -> None:
+    expr = _targets("background-tasks.json")["Retries / {{task}} {{exception}}"]
+    retries = scene.prometheus.query(_expand(expr, scene.window))
+    succeeded = scene.prometheus.query(
+        _expand(
+            'sum(rate(background_task_duration_seconds_count{task="sync_inventory", outcome="success"}[$__range]))',
+            scene.window,
+        )
+    )
+    # Each sync fails its first attempt and succeeds its second: as many retries as successes.
+    assert _value(retries, task="sync_inventory", exception="InventoryBusyError") == pytest.approx(
+        _value(succeeded), rel=1e-9
+    )
+    assert _value(succeeded) > 0
 
 
 def test_the_books_panels_show_the_drop_the_rejections_and_the_workers(scene: Scene) -> None:

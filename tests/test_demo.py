@@ -24,7 +24,8 @@ def test_the_demo_fills_the_dashboards(tmp_path: Path) -> None:
             lambda m: (
                 m.get_value("background_tasks_pending") == 0
                 and m.get_value("background_tasks_scheduled_total")
-                == m.get_value("background_task_duration_seconds_count")
+                == m.get_value("background_task_duration_seconds_count", outcome="success")
+                + m.get_value("background_task_duration_seconds_count", outcome="failure")
             ),
             "the demo's tasks",
         )
@@ -34,5 +35,6 @@ def test_the_demo_fills_the_dashboards(tmp_path: Path) -> None:
     statuses = metrics.label_values("http_server_request_duration_seconds_count", "status")
     assert {"200", "404", "422"} <= statuses
     assert metrics.get_value("background_task_failures_total", task="send_email", exception="EmailDeliveryError") > 0
+    assert metrics.get_value("background_task_retries_total", task="send_email", exception="EmailDeliveryError") > 0
     assert metrics.get_value("background_task_duration_seconds_count", task="send_email", outcome="success") > 0
     assert metrics.get_value("background_tasks_scheduled_total", route="/notify/") > 0

@@ -62,7 +62,11 @@ def test_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
         result = _promtool(*args)
         assert result.returncode == 0, result.stdout + result.stderr
     # The rule tests can fail: a test that expects the wrong threshold is refused.
-    wrong = (ROOT / "deploy" / "prometheus" / "alerts.test.yml").read_text().replace("fails 10% of", "fails 11% of")
+    wrong = (
+        (ROOT / "deploy" / "prometheus" / "alerts.test.yml")
+        .read_text()
+        .replace("fails for good 10% of", "fails for good 11% of")
+    )
     (tmp_path / "alerts.yml").write_text((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
     (tmp_path / "alerts.test.yml").write_text(wrong)
     result = subprocess.run(

@@ -3,8 +3,9 @@ redis-server or rabbitmq-server), the library's real worker as `make worker` sta
 gunicorn.
 
 The same telemetry as in-process tasks, end to end: counts across every process, one trace from
-the request to the worker, one Sentry event per failure, the queue wait, the time limit, and the
-faults (broker down, a task's process killed, SIGTERM).
+the request to the worker, one Sentry event per failure, retries told apart from failures, a
+task's state and its cancellation, the queue wait, the time limit, and the faults (broker down, a
+task's process killed, SIGTERM).
 """
 
 import os
@@ -25,6 +26,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from app.queues.celery.app import create_celery
 from app.settings import Settings
 from harness import (
+    TOKEN,
     Broker,
     Gunicorn,
     Metrics,
@@ -41,6 +43,8 @@ from harness import (
 TASK = {"task": "send_email", "route": "/send-mail/"}
 SERVER, PRODUCER, CONSUMER = 2, 4, 5
 FAST = {"EMAIL_SEND_SECONDS": "0.02"}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FINAL = ("succeeded", "failed")
 WORKER_METRICS_TOKEN = "worker-metrics-token-0123456789"  # the harness scrapes with it
 # Every supported (library, broker).
 BACKENDS = [
@@ -71,6 +75,7 @@ class Queue:
     sentry: SentryIngest
     otlp: OtlpReceiver
     env: dict[str, str]
+    state_redis: RedisServer | None  # where task state lives beside RabbitMQ
     worker: QueueWorker | None = None
 
     @property
@@ -93,13 +98,24 @@ class Queue:
     def send(self, email: str) -> httpx.Response:
         return self.web.thread_client().post("/send-mail/", params={"email": email})
 
+    def state(self, task_id: str) -> dict[str, Any]:
+        response = self.web.thread_client().get(f"/tasks/{task_id}", headers=AUTH)
+        assert response.status_code == 200, response.text
+        state: dict[str, Any] = response.json()
+        return state
+
+    def cancel(self, task_id: str) -> httpx.Response:
+        return self.web.thread_client().delete(f"/tasks/{task_id}", headers=AUTH)
+
 
 def books(web: Metrics, worker: Metrics, waiting: int, unacked: int) -> float:
-    """Scheduled - finished - dropped - queued - unacked: the tasks that vanished."""
+    """Scheduled - finished - dropped (by the web side: cancelled; or the worker) - queued - unacked:
+    the tasks that vanished."""
     return (
         web.get_value("background_tasks_scheduled_total", **TASK)
         - worker.get_value("background_task_duration_seconds_count", outcome="success", **TASK)
         - worker.get_value("background_task_duration_seconds_count", outcome="failure", **TASK)
+        - web.get_value("background_tasks_dropped_total", **TASK)
         - worker.get_value("background_tasks_dropped_total", **TASK)
         - waiting
         - unacked
@@ -112,10 +128,16 @@ def queue(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     workdir = tmp_path_factory.mktemp(f"queue-{library}-{broker_name}")
     sentry, otlp = SentryIngest(), OtlpReceiver()
     broker: Broker = (RedisServer if broker_name == "redis" else RabbitMQServer)(workdir / "broker").start()
+    state_redis = RedisServer(workdir / "state").start() if isinstance(broker, RabbitMQServer) else None
     env = {
         "BROKER_URL": broker.url,
         "TASK_QUEUE": library,
         **({"BROKER_MANAGEMENT_URL": broker.management_url} if isinstance(broker, RabbitMQServer) else {}),
+        **({"TASK_STATE_URL": state_redis.url} if state_redis else {}),
+        "API_TOKEN": TOKEN,
+        # The web side's too: RQ takes a task's retries with it when it is enqueued.
+        "EMAIL_MAX_ATTEMPTS": "4",
+        "EMAIL_RETRY_BACKOFF_SECONDS": "0.1",
         **(SHORT_VISIBILITY if (library, broker_name) == ("dramatiq", "redis") else {}),
         "SENTRY_DSN": sentry.dsn,
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
@@ -125,7 +147,7 @@ def queue(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     }
     web = Gunicorn(workdir / "web", env=env).start()
     env["LOG_FILE"] = str(web.log_file)  # one log file, as a shared volume would be
-    scene = Queue(library, broker_name, workdir, broker, web, sentry, otlp, env)
+    scene = Queue(library, broker_name, workdir, broker, web, sentry, otlp, env, state_redis)
     scene.start_worker()
     try:
         yield scene
@@ -133,6 +155,8 @@ def queue(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         scene.stop_worker()
         web.stop()
         broker.remove()
+        if state_redis is not None:
+            state_redis.remove()
         sentry.server.stop()
         otlp.server.stop()
 
@@ -209,7 +233,7 @@ def test_counts_are_exact_across_web_workers_and_worker_processes(queue: Queue) 
 
 def test_one_trace_from_the_request_to_the_failing_queued_task(queue: Queue) -> None:
     queue.stop_worker()
-    queue.start_worker(EMAIL_FAILURE_RATE="1")
+    queue.start_worker(EMAIL_FAILURE_RATE="1", EMAIL_MAX_ATTEMPTS="1")  # the worker's policy decides
     try:
         assert queue.worker is not None
         worker_before = queue.worker.metrics()
@@ -249,6 +273,7 @@ def test_one_trace_from_the_request_to_the_failing_queued_task(queue: Queue) -> 
         time.sleep(0.5)
         (event,) = queue.sentry.events_tagged("background_task", "send_email")
         assert event["tags"]["route"] == "/send-mail/"
+        assert event["tags"]["attempts"] == "1"
         assert event["contexts"]["trace"]["trace_id"] == trace_id
         (exception,) = event["exception"]["values"]
         assert exception["type"] == "EmailDeliveryError"
@@ -259,6 +284,138 @@ def test_one_trace_from_the_request_to_the_failing_queued_task(queue: Queue) -> 
     finally:
         queue.stop_worker()
         queue.start_worker()
+
+
+def test_retries_are_told_apart_from_failures_in_metrics_state_spans_and_sentry(queue: Queue) -> None:
+    queue.stop_worker()
+    worker = queue.start_worker(EMAIL_FAILURE_RATE="0.5")  # 4 attempts, 0.1 s first backoff (the fixture's)
+    try:
+        web_before, worker_before = queue.web.metrics(), worker.metrics()
+        events_before = len(_sentry_events(queue, "EmailDeliveryError"))
+        emails = [f"retry-{i}-{uuid.uuid4().hex[:6]}@example.com" for i in range(40)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            responses = list(pool.map(queue.send, emails))
+        assert [r.status_code for r in responses] == [200] * len(emails)
+        ids = [r.headers["x-task-id"] for r in responses]
+        assert len({str(uuid.UUID(task_id)) for task_id in ids}) == len(emails)
+
+        def final_states() -> list[dict[str, Any]] | None:
+            found = [queue.state(task_id) for task_id in ids]
+            return found if all(state["state"] in FINAL for state in found) else None
+
+        states = wait_for(final_states, timeout=120, what="every task to succeed or fail for good")
+        web, after = settled(queue, web_before, worker_before, len(emails))
+
+        sent = queue.web.emails_sent()
+        succeeded = {email for email, state in zip(emails, states, strict=True) if state["state"] == "succeeded"}
+        failed = [state for state in states if state["state"] == "failed"]
+        assert {email for email in emails if email in sent} == succeeded
+        assert all(sent.count(email) == 1 for email in succeeded)  # each sent exactly once
+        retried = sum(state["attempts"] - 1 for state in states)
+        assert retried > 0
+        assert after.get_value("background_task_retries_total", **TASK) == retried
+        assert after.get_value("background_task_retries_total", exception="EmailDeliveryError", **TASK) == retried
+        assert after.get_value("background_task_duration_seconds_count", outcome="retry", **TASK) == retried
+        assert after.get_value("background_task_failures_total", **TASK) == len(failed)
+        assert after.get_value("background_task_duration_seconds_count", outcome="failure", **TASK) == len(failed)
+        assert after.get_value("background_task_start_delay_seconds_count", **TASK) == len(emails)  # first attempts
+        assert all(state["attempts"] == 4 and state["exception"] == "EmailDeliveryError" for state in failed)
+        assert all(state["exception"] is None for state in states if state["state"] == "succeeded")
+        assert all(state["started_at"] and state["finished_at"] >= state["started_at"] for state in states)
+        assert books(web, after, 0, 0) == 0
+
+        # Sentry: one event per task failed for good, with its attempts; none for a retried attempt.
+        wait_for(lambda: len(_sentry_events(queue, "EmailDeliveryError")) - events_before == len(failed), what="events")
+        time.sleep(0.5)  # one more would arrive by now
+        events = _sentry_events(queue, "EmailDeliveryError")[events_before:]
+        assert len(events) == len(failed)
+        assert all(event["tags"]["attempts"] == "4" for event in events)
+
+        # One trace holds a span per attempt, numbered, each a child of an enqueue in that trace.
+        most = max(range(len(emails)), key=lambda i: states[i]["attempts"])
+        attempts = states[most]["attempts"]
+        trace_id = trace_id_of(responses[most])
+
+        def consumers() -> list[Any]:
+            return [span for span in queue.otlp.trace(trace_id) if span.kind == CONSUMER]
+
+        wait_for(lambda: len(consumers()) == attempts, what=f"{attempts} attempt spans")
+        time.sleep(0.5)
+        spans = consumers()
+        assert sorted(span.attributes["background_task.attempt"] for span in spans) == list(range(1, attempts + 1))
+        outcomes = [span.attributes["background_task.outcome"] for span in sorted(spans, key=lambda s: s.start)]
+        assert outcomes[:-1] == ["retry"] * (attempts - 1)
+        assert outcomes[-1] == ("success" if states[most]["state"] == "succeeded" else "failure")
+        producers = {span.span_id for span in queue.otlp.trace(trace_id) if span.kind == PRODUCER}
+        assert all(span.parent_span_id in producers for span in spans)
+    finally:
+        queue.stop_worker()
+        queue.start_worker()
+
+
+def test_a_task_cancelled_while_queued_never_runs_and_is_counted_once(queue: Queue) -> None:
+    queue.stop_worker()  # no worker: the tasks wait in the broker
+    web_before = queue.web.metrics()
+    emails = [f"cancel-{i}-{uuid.uuid4().hex[:6]}@example.com" for i in range(3)]
+    responses = [queue.send(email) for email in emails]
+    assert [r.status_code for r in responses] == [200] * 3
+    ids = [r.headers["x-task-id"] for r in responses]
+    queued = queue.state(ids[0])
+    assert (queued["id"], queued["task"], queued["state"], queued["attempts"]) == (ids[0], "send_email", "queued", 0)
+    assert queued["enqueued_at"]
+    assert queued["started_at"] is None
+    assert queued["finished_at"] is None
+
+    cancelled = queue.cancel(ids[1])
+    assert cancelled.status_code == 202
+    assert (cancelled.json()["id"], cancelled.json()["state"]) == (ids[1], "cancelled")
+    assert queue.state(ids[1])["state"] == "cancelled"
+    again = queue.cancel(ids[1])
+    assert (again.status_code, again.json()) == (409, {"detail": "The task was cancelled already"})
+    web = queue.web.metrics().since(web_before)
+    assert web.get_value("background_tasks_dropped_total", reason="cancelled", **TASK) == 1
+    assert web.get_value("background_tasks_dropped_total", **TASK) == 1
+
+    worker = queue.start_worker()
+    worker_before = Metrics()  # a new worker starts from zero
+    web, after = settled(queue, web_before, worker_before, 2)
+    sent = queue.web.emails_sent()
+    assert [sent.count(email) for email in emails] == [1, 0, 1]
+    assert [queue.state(task_id)["state"] for task_id in ids] == ["succeeded", "cancelled", "succeeded"]
+    assert web.get_value("background_tasks_dropped_total", reason="cancelled", **TASK) == 1
+    assert after.get_value("background_tasks_dropped_total", **TASK) == 0  # counted once, by the web side
+    assert after.get_value("background_task_start_delay_seconds_count", **TASK) == 2
+    assert books(web, after, *queue.depth()) == 0
+    started = queue.cancel(ids[0])
+    assert (started.status_code, started.json()) == (409, {"detail": "The task has started: it is succeeded"})
+    skipped = [line for line in worker.app_logs() if line["message"] == "background task cancelled: not run"]
+    assert [(line["task"], line["route"]) for line in skipped] == [("send_email", "/send-mail/")]
+    # No task span for it: its trace holds the request and the enqueue.
+    traces = [trace_id_of(response) for response in responses]
+    wait_for(
+        lambda: [CONSUMER in {s.kind for s in queue.otlp.trace(t)} for t in traces] == [True, False, True], what="spans"
+    )
+    time.sleep(0.5)  # a span for the cancelled task would arrive by now
+    assert sorted(span.kind for span in queue.otlp.trace(traces[1])) == [SERVER, PRODUCER]
+
+
+def test_the_task_state_api_answers_every_error_with_a_detail(queue: Queue) -> None:
+    client = queue.web.thread_client()
+    known = queue.send("api@example.com").headers["x-task-id"]
+    for method in ("GET", "DELETE"):
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}):
+            refused = client.request(method, f"/tasks/{known}", headers=headers)
+            assert (refused.status_code, refused.json()) == (401, {"detail": "Missing or invalid bearer token"})
+        unknown = uuid.uuid4()
+        missing = client.request(method, f"/tasks/{unknown}", headers=AUTH)
+        assert (missing.status_code, missing.json()) == (
+            404,
+            {"detail": f"No task {unknown}: unknown, or its state expired"},
+        )
+        malformed = client.request(method, "/tasks/not-a-uuid", headers=AUTH)
+        assert malformed.status_code == 422
+        assert malformed.json()["detail"][0]["loc"] == ["path", "task_id"]
+    wait_for(lambda: queue.state(known)["state"] == "succeeded", what="the task to run")
 
 
 def test_queue_wait_is_the_start_delay_and_never_the_response_time(queue: Queue) -> None:

@@ -53,6 +53,7 @@ def test_metrics_token_and_private_data_when_switched_on(tmp_path: Path) -> None
         "TELEMETRY_INCLUDE_PII": "true",
         "EMAIL_SEND_SECONDS": "0",
         "EMAIL_FAILURE_RATE": "1",
+        "EMAIL_MAX_ATTEMPTS": "1",
         "SENTRY_DSN": sentry.dsn,
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",

@@ -84,6 +84,7 @@ def _env(otlp: str, sentry: str) -> dict[str, str]:
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "EMAIL_SEND_SECONDS": "0",
         "EMAIL_FAILURE_RATE": "1",
+        "EMAIL_MAX_ATTEMPTS": "1",
         "DRAIN_SECONDS": "1",
     }
 
@@ -150,7 +151,7 @@ def test_a_broken_exporter_slows_no_request_and_its_loss_is_counted(
 
 def test_a_flood_of_failures_is_counted_exactly_and_every_kind_reaches_sentry(tmp_path: Path) -> None:
     sentry = SentryIngest()
-    env = {"SENTRY_DSN": sentry.dsn, "EMAIL_SEND_SECONDS": "0", "EMAIL_FAILURE_RATE": "1"}
+    env = {"SENTRY_DSN": sentry.dsn, "EMAIL_SEND_SECONDS": "0", "EMAIL_FAILURE_RATE": "1", "EMAIL_MAX_ATTEMPTS": "1"}
     kinds = {
         ("send_email", "EmailDeliveryError"): ("/send-mail/", {"email": "flood@example.com"}),
         ("charge_card", "PaymentDeclinedError"): ("/orders/", {"email": "flood@example.com", "order_id": "f"}),

@@ -8,6 +8,7 @@ from starlette.background import BackgroundTask
 from starlette.background import BackgroundTasks as StarletteBackgroundTasks
 
 from app.main import create_app
+from app.retry_policy import RetryPolicy, with_policy
 from app.settings import Settings
 from app.tasks import LogFile, write_log
 
@@ -42,6 +43,23 @@ def export_rows(count: int) -> None:
 
 def build_report(seconds: float) -> None:
     time.sleep(seconds)
+
+
+class InventoryBusyError(Exception):
+    pass
+
+
+_SYNCED: set[str] = set()
+
+
+def sync_inventory(sku: str) -> None:
+    """Fails its first attempt for each sku, then succeeds: one retry per task, by its policy."""
+    if sku not in _SYNCED:
+        _SYNCED.add(sku)
+        raise InventoryBusyError("inventory busy")
+
+
+with_policy(sync_inventory, RetryPolicy(max_attempts=3, first_backoff_seconds=0.05, retry_on=(InventoryBusyError,)))
 
 
 def create() -> FastAPI:
@@ -84,6 +102,11 @@ def create() -> FastAPI:
     async def start_export(count: int, background_tasks: BackgroundTasks) -> dict[str, str]:
         background_tasks.add_task(export_rows, count)
         return {"status": "exporting"}
+
+    @app.post("/inventory/sync/")
+    async def sync(sku: str, background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(sync_inventory, sku)
+        return {"status": "syncing"}
 
     @app.get("/inventory/")
     def inventory() -> dict[str, int]:  # sync: served from AnyIO's default thread pool

@@ -11,8 +11,9 @@ import logging
 from app.observability.metrics import Metrics
 
 # Why a task was dropped, by where it can happen. In a web worker: shutdown, still running or
-# waiting when the drain deadline came; cancelled, cut short outside a shutdown. In a queue
-# worker: revoked before it ran; unregistered, a name the worker does not know.
+# waiting (for its next attempt too) when the drain deadline came; cancelled, cut short outside a
+# shutdown, or a queued task cancelled by its client (DELETE /tasks/{id}). In a queue worker:
+# revoked before it ran; unregistered, a name the worker does not know.
 WEB_DROPS = ("shutdown", "cancelled")
 QUEUE_DROPS = ("revoked", "unregistered")
 
@@ -66,10 +67,10 @@ class Books:
             "queue unavailable: task not enqueued", extra={"task": task, "route": route, "error": error}
         )
 
-    def dropped(self, task: str, route: str, reason: str) -> None:
+    def dropped(self, task: str, route: str, reason: str, *, log_level: int = logging.WARNING) -> None:
         self.seen(task, route)
         self._metrics.tasks_dropped.labels(task, route, reason).inc()
-        self._logger.warning("background task dropped", extra={"task": task, "route": route, "reason": reason})
+        self._logger.log(log_level, "background task dropped", extra={"task": task, "route": route, "reason": reason})
 
     def redelivered(self, task: str, route: str) -> None:
         self.seen(task, route)

@@ -16,7 +16,7 @@ TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 DELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
-TELEMETRY_PARTS = ("metrics", "span", "sentry", "log")  # what task_telemetry.guarded names
+TELEMETRY_PARTS = ("metrics", "span", "sentry", "log", "state")  # what task_telemetry.guarded names
 
 
 class Metrics:
@@ -41,20 +41,26 @@ class Metrics:
         )
         self.task_duration = Histogram(
             "background_task_duration_seconds",
-            "One background task's run time, from its start to its end.",
+            "One attempt's run time, from its start to its end; outcome retry: it failed and will be retried.",
             ["task", "route", "outcome"],
             buckets=TASK_BUCKETS,
             registry=r,
         )
         self.task_failures = Counter(
             "background_task_failures",
-            "Background tasks that raised, by exception class.",
+            "Background tasks that failed for good (their last attempt raised), by exception class.",
+            ["task", "route", "exception"],
+            registry=r,
+        )
+        self.task_retries = Counter(
+            "background_task_retries",
+            "Attempts that raised and will be retried (the task's retry policy), by exception class.",
             ["task", "route", "exception"],
             registry=r,
         )
         self.task_start_delay = Histogram(
             "background_task_start_delay_seconds",
-            "Last response byte to task start: the wait that clients never see.",
+            "Last response byte (or enqueue) to the task's first attempt: the wait that clients never see.",
             ["task", "route"],
             buckets=DELAY_BUCKETS,
             registry=r,

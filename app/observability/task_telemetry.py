@@ -5,14 +5,17 @@ response (Starlette's ``BackgroundTask``), and each queue library's task class o
 (app/queues/) for tasks that run on a queue. Each hands it the task's span, registry name, route
 and start delay; it records the rest:
 
-- ``background_task_start_delay_seconds`` (after the response in-process; the queue wait on a queue),
+- ``background_task_start_delay_seconds`` before the first attempt (after the response
+  in-process; the queue wait on a queue): a retry's wait is its backoff, not a queue's,
 - ``background_tasks_in_progress`` while it runs,
-- ``background_task_duration_seconds{outcome}`` and ``background_task_failures_total{exception}``,
-- the span's attributes, and on failure its ERROR status and exception,
-- one Sentry event per failure, tagged ``background_task`` and ``route``, with the trace id, and
-  grouped into one Sentry issue per (task, exception class),
-- one log line: DEBUG on success (it is a metric sample and a span already), ERROR with the
-  traceback on failure.
+- ``background_task_duration_seconds{outcome}`` for every attempt: ``retry`` for one that failed
+  and will be retried (its retry policy says so), ``failure`` only for the last,
+- ``background_task_retries_total{exception}`` and ``background_task_failures_total{exception}``,
+- the span's attributes (``background_task.attempt`` among them), and on failure its exception,
+- one Sentry event per task that failed for good, tagged ``background_task``, ``route`` and
+  ``attempts``, with the trace id, and grouped into one Sentry issue per (task, exception class),
+- one log line: DEBUG on success (it is a metric sample and a span already), WARNING for a retry,
+  ERROR with the traceback on a failure.
 
 None of it can change the task's outcome: each piece runs ``guarded``, and a failure inside one
 is counted in ``background_task_telemetry_errors_total{part}`` and logged once.
@@ -21,6 +24,7 @@ is counted in ``background_task_telemetry_errors_total{part}`` and logged once.
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from functools import partial
 from time import perf_counter
 from typing import Any, Protocol
@@ -30,6 +34,7 @@ from opentelemetry.util.types import AttributeValue
 
 from app.observability.errors import report_exception
 from app.observability.metrics import Metrics
+from app.retry_policy import RetryPolicy
 
 _MAX_ARGUMENTS_REPR = 1024
 _REPORTED: set[str] = set()  # parts whose first failure this process has logged
@@ -72,6 +77,15 @@ def guarded(telemetry: TaskTelemetry, part: str, emit: Callable[[], object]) -> 
     return True
 
 
+@dataclass(slots=True)
+class Run:
+    """How one attempt ended, once its block has: what the runner and the task's state need."""
+
+    outcome: str = "success"  # success, retry, failure, requeued or cancelled
+    exception: str = ""  # the class name, for a retry or a failure
+    retry_in: float | None = None  # for a retry: the backoff its policy chose
+
+
 @contextmanager
 def observed_task(
     telemetry: TaskTelemetry,
@@ -86,7 +100,9 @@ def observed_task(
     requeued: tuple[type[BaseException], ...] = (),
     span_attributes: Mapping[str, AttributeValue] | None = None,
     ran_before: float = 0.0,
-) -> Iterator[None]:
+    attempt: int = 1,
+    retry: RetryPolicy | None = None,
+) -> Iterator[Run]:
     """Observe the task run inside the block.
 
     ``contain``: a failure is recorded on the span and swallowed (in-process: the next task of the
@@ -98,50 +114,47 @@ def observed_task(
     ``span_attributes``: more of them, where the runner's own tracing leaves them out.
     ``ran_before``: seconds the task ran in a process that died, where its end is observed from
     the process that saw it die (RQ's worker, when its work horse is killed).
+    ``attempt`` (1-based) and ``retry``: a failure its policy retries is a retry, not a failure;
+    the yielded ``Run`` says so once the block is left, with the backoff to wait.
     Every piece of telemetry runs ``guarded``: only the task's own exceptions leave this block.
     """
     metrics = telemetry.metrics
-    guarded(telemetry, "metrics", lambda: metrics.task_start_delay.labels(name, route).observe(start_delay))
+    if attempt == 1:
+        guarded(telemetry, "metrics", lambda: metrics.task_start_delay.labels(name, route).observe(start_delay))
     in_progress = metrics.tasks_in_progress.labels(name)
     counted_in_progress = guarded(telemetry, "metrics", in_progress.inc)
     attributes: dict[str, AttributeValue] = {
         "background_task.name": name,
         "http.route": route,
         "background_task.start_delay_s": start_delay,
+        "background_task.attempt": attempt,
         **(span_attributes or {}),
+        **({"background_task.arguments": repr(arguments)[:_MAX_ARGUMENTS_REPR]} if telemetry.include_pii else {}),
     }
-    if telemetry.include_pii:
-        attributes["background_task.arguments"] = repr(arguments)[:_MAX_ARGUMENTS_REPR]
     guarded(telemetry, "span", lambda: span.set_attributes(attributes))
-    outcome, level, exc_info, exception = "success", logging.DEBUG, None, ""
+    run = Run()
+    failure: Exception | None = None  # for the log line's traceback
     started = perf_counter()
     try:
-        yield
+        yield run
     except requeued:
-        outcome, level = "requeued", logging.INFO
+        run.outcome = "requeued"
         raise
     except Exception as exc:
-        outcome, level, exc_info, exception = "failure", logging.ERROR, exc, type(exc).__name__
+        run.exception = type(exc).__name__
         if contain:
             guarded(telemetry, "span", partial(_record_failure, span, exc))
-        guarded(
-            telemetry,
-            "sentry",
-            partial(
-                report_exception,
-                exc,
-                mechanism="background_task",
-                tags={"background_task": name, "route": route},
-                # One Sentry issue per (task, exception class), wherever in the task it was raised.
-                fingerprint=["background-task", name, exception],
-            ),
-        )
+        if retry is not None and retry.retries(attempt, exc):
+            run.outcome, run.retry_in = "retry", retry.backoff(attempt)
+        else:
+            run.outcome, failure = "failure", exc
+            guarded(telemetry, "sentry", partial(_report, exc, name, route, attempt))
         if not contain:
             raise
     except BaseException:
         # Cancelled (a shutdown deadline): not the task's failure, and it did not finish. The
         # in-process batch settles it as dropped; on the queue the message is redelivered.
-        outcome, level = "cancelled", logging.WARNING
+        run.outcome = "cancelled"
         raise
     finally:
         duration = perf_counter() - started + ran_before
@@ -149,36 +162,81 @@ def observed_task(
             guarded(telemetry, "metrics", in_progress.dec)
 
         def count() -> None:
-            metrics.task_duration.labels(name, route, outcome).observe(duration)
-            if exception:
-                metrics.task_failures.labels(name, route, exception).inc()
+            guarded(telemetry, "metrics", partial(_count, metrics, name, route, run, duration))
 
-        def count_guarded() -> None:
-            guarded(telemetry, "metrics", count)
-
-        if outcome in ("success", "failure"):
-            settle(count_guarded)
-        elif outcome == "cancelled":
-            count_guarded()
-        guarded(telemetry, "span", lambda: span.set_attribute("background_task.outcome", outcome))
-        if telemetry.logger.isEnabledFor(level):
-            guarded(
+        if run.outcome in ("success", "failure"):
+            settle(count)
+        elif run.outcome in ("retry", "cancelled"):  # not finished: the task stays open in the ledger
+            count()
+        guarded(telemetry, "span", lambda: span.set_attribute("background_task.outcome", run.outcome))
+        guarded(
+            telemetry,
+            "log",
+            partial(
+                _log,
                 telemetry,
-                "log",
-                lambda: telemetry.logger.log(
-                    level,
-                    "background task %s",
-                    outcome,
-                    exc_info=exc_info,
-                    extra={
-                        "task": name,
-                        "route": route,
-                        "outcome": outcome,
-                        "duration_s": round(duration, 6),
-                        "start_delay_s": round(start_delay, 6),
-                    },
-                ),
-            )
+                name,
+                route,
+                run,
+                failure=failure,
+                attempt=attempt,
+                duration=duration,
+                start_delay=start_delay,
+            ),
+        )
+
+
+_LOG_LEVELS = {
+    "success": logging.DEBUG,  # a metric sample and a span already
+    "requeued": logging.INFO,
+    "retry": logging.WARNING,
+    "cancelled": logging.WARNING,
+    "failure": logging.ERROR,
+}
+
+
+def _log(
+    telemetry: TaskTelemetry,
+    name: str,
+    route: str,
+    run: Run,
+    *,
+    failure: Exception | None,
+    attempt: int,
+    duration: float,
+    start_delay: float,
+) -> None:
+    level = _LOG_LEVELS[run.outcome]
+    if not telemetry.logger.isEnabledFor(level):
+        return
+    extra = {
+        "task": name,
+        "route": route,
+        "outcome": run.outcome,
+        "attempt": attempt,
+        **({"exception": run.exception} if run.exception else {}),
+        "duration_s": round(duration, 6),
+        "start_delay_s": round(start_delay, 6),
+    }
+    telemetry.logger.log(level, "background task %s", run.outcome, exc_info=failure, extra=extra)
+
+
+def _report(exc: Exception, name: str, route: str, attempts: int) -> None:
+    report_exception(
+        exc,
+        mechanism="background_task",
+        tags={"background_task": name, "route": route, "attempts": str(attempts)},
+        # One Sentry issue per (task, exception class), wherever in the task it was raised.
+        fingerprint=["background-task", name, type(exc).__name__],
+    )
+
+
+def _count(metrics: Metrics, name: str, route: str, run: Run, duration: float) -> None:
+    metrics.task_duration.labels(name, route, run.outcome).observe(duration)
+    if run.outcome == "failure":
+        metrics.task_failures.labels(name, route, run.exception).inc()
+    elif run.outcome == "retry":
+        metrics.task_retries.labels(name, route, run.exception).inc()
 
 
 def _record_failure(span: Span, exc: Exception) -> None:

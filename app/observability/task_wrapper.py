@@ -7,7 +7,8 @@ and routes added later, so that is where the wrapper is installed.
 
 For each task it records the start delay, the run time by outcome, failures by exception
 class, one span in the request's trace, one Sentry event per failure and one log line.
-A task that raises is reported and contained, so the tasks after it still run. Every task
+A task that raises is reported and contained, so the tasks after it still run; one whose retry
+policy (app/retry_policy.py) says so is tried again after its backoff. Every task
 is entered in the worker's backlog when handed over and settled there exactly once, as
 finished or as dropped, so the counts add up even when a shutdown cuts tasks short.
 """
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from time import perf_counter
 from typing import Any
 
+import anyio
 import fastapi.background
 from anyio import to_thread
 from starlette.background import BackgroundTask, BackgroundTasks
@@ -25,7 +27,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.observability.backlog import Entry
 from app.observability.context import RequestRecord, current_request
-from app.observability.task_telemetry import observed_task
+from app.observability.task_telemetry import Run, observed_task
+from app.retry_policy import RetryPolicy, retry_policy
 
 _PATCHED = (BackgroundTask, BackgroundTasks, fastapi.background.BackgroundTasks)
 
@@ -66,28 +69,54 @@ async def run_batch(record: RequestRecord, tasks: Sequence[BackgroundTask]) -> N
     entries = backlog.open([task_name(task.func) for task in tasks], record.route)
     for index, (task, entry) in enumerate(zip(tasks, entries, strict=True)):
         try:
-            if task.is_async:
-                with _observed(record, entry, task):
-                    await task.func(*task.args, **task.kwargs)
-            else:
-                # A limiter of its own: sync tasks never take the threads of sync endpoints.
-                # Abandoned on cancel (the shutdown deadline): the worker exits instead of
-                # waiting for the thread, and the task is settled as dropped right here.
-                await to_thread.run_sync(
-                    _run_sync, record, entry, task, limiter=record.telemetry.task_limiter, abandon_on_cancel=True
-                )
+            await _attempts(record, entry, task)
         except BaseException:
             backlog.drop(entries[index:])  # this task (unless it settled itself) and those not yet started
             raise
 
 
-def _run_sync(record: RequestRecord, entry: Entry, task: BackgroundTask) -> None:
-    with _observed(record, entry, task):
+async def _attempts(record: RequestRecord, entry: Entry, task: BackgroundTask) -> None:
+    """The task's attempts: another after its backoff while its retry policy says so. The wait is
+    a sleep on the event loop, holding no thread; the shutdown deadline cancels it, and the task,
+    still open in the backlog, is dropped."""
+    policy = retry_policy(task.func)
+    attempt = 1
+    while True:
+        if task.is_async:
+            with _observed(record, entry, task, attempt, policy) as run:
+                await task.func(*task.args, **task.kwargs)
+        else:
+            # A limiter of its own: sync tasks never take the threads of sync endpoints.
+            # Abandoned on cancel (the shutdown deadline): the worker exits instead of
+            # waiting for the thread, and the task is settled as dropped right here.
+            run = await to_thread.run_sync(
+                _run_sync,
+                record,
+                entry,
+                task,
+                attempt,
+                policy,
+                limiter=record.telemetry.task_limiter,
+                abandon_on_cancel=True,
+            )
+        if run.retry_in is None:
+            return
+        await anyio.sleep(run.retry_in)
+        attempt += 1
+
+
+def _run_sync(
+    record: RequestRecord, entry: Entry, task: BackgroundTask, attempt: int, policy: RetryPolicy | None
+) -> Run:
+    with _observed(record, entry, task, attempt, policy) as run:
         task.func(*task.args, **task.kwargs)
+    return run
 
 
 @contextmanager
-def _observed(record: RequestRecord, entry: Entry, task: BackgroundTask) -> Iterator[None]:
+def _observed(
+    record: RequestRecord, entry: Entry, task: BackgroundTask, attempt: int, policy: RetryPolicy | None
+) -> Iterator[Run]:
     telemetry, name = record.telemetry, entry[1]
     started = perf_counter()
     with (
@@ -104,6 +133,8 @@ def _observed(record: RequestRecord, entry: Entry, task: BackgroundTask) -> Iter
             contain=True,
             # A task that ends after the shutdown deadline dropped it must not count as finished too.
             settle=functools.partial(telemetry.backlog.settle, entry),
-        ),
+            attempt=attempt,
+            retry=policy,
+        ) as run,
     ):
-        yield
+        yield run

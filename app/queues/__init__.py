@@ -18,6 +18,7 @@ from app.observability.worker_metrics import Depth
 from app.queues.backend import Backend
 from app.queues.broker import BrokerBackend, Producer
 from app.queues.inprocess import InProcess
+from app.queues.task_states import TaskStates
 from app.settings import Settings, describe_error
 from app.task_registry import TaskRegistry
 
@@ -37,11 +38,11 @@ def adapter(settings: Settings) -> Adapter:
     return module
 
 
-def backend_for(settings: Settings, tasks: TaskRegistry, books: Books) -> Backend:
+def backend_for(settings: Settings, tasks: TaskRegistry, books: Books, states: TaskStates | None) -> Backend:
     if settings.broker_url is None:
         return InProcess(tasks)
     producer = adapter(settings).producer(settings, tasks)
-    return BrokerBackend(producer, books, timeout=settings.enqueue_timeout_seconds)
+    return BrokerBackend(producer, books, states, timeout=settings.enqueue_timeout_seconds)
 
 
 def worker_settings() -> Settings:

@@ -43,7 +43,8 @@ class Backend(Protocol):
 
     async def schedule(
         self, background_tasks: BackgroundTasks, name: str, args: tuple[Any, ...], route: str
-    ) -> None: ...
+    ) -> str | None:
+        """The task's id on a queue (X-Task-Id); None in process, where a task has none."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,5 +22,5 @@ class InProcess:
         name: str,
         args: tuple[Any, ...],
         route: str,  # noqa: ARG002 - the wrapper reads the route from the request
-    ) -> None:
+    ) -> None:  # no task id: nothing outlives the worker to ask about
         background_tasks.add_task(self._tasks[name], *args)

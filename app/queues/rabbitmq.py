@@ -31,23 +31,30 @@ def virtual_host(settings: Settings) -> str:
     return urllib.parse.unquote(path[1:]) if path and path not in ("/", "//") else "/"
 
 
-def depth_reader(settings: Settings, queue: str) -> Callable[[], Depth]:
+def depth_reader(settings: Settings, queue: str, *also: str) -> Callable[[], Depth]:
+    """``queue``'s depth, with the queues in ``also`` counted in it (Dramatiq's delay queue, where
+    a retry waits for its backoff)."""
     parts = urllib.parse.urlsplit(management_url(settings))
-    path = f"/api/queues/{urllib.parse.quote(virtual_host(settings), safe='')}/{urllib.parse.quote(queue, safe='')}"
-    url = f"{parts.scheme}://{parts.hostname}:{parts.port or MANAGEMENT_PORT}{parts.path.rstrip('/')}{path}"
+    base = f"{parts.scheme}://{parts.hostname}:{parts.port or MANAGEMENT_PORT}{parts.path.rstrip('/')}"
+    vhost = urllib.parse.quote(virtual_host(settings), safe="")
+    urls = [f"{base}/api/queues/{vhost}/{urllib.parse.quote(name, safe='')}" for name in (queue, *also)]
     user = urllib.parse.unquote(parts.username or "guest")
     password = urllib.parse.unquote(parts.password or "guest")
     authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
-    def read() -> Depth:
+    def read_one(url: str) -> tuple[int, int]:
         request = urllib.request.Request(url, headers={"Authorization": authorization})  # noqa: S310 - http(s) only
         try:
             with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
                 body = json.load(response)
         except urllib.error.HTTPError as error:
             if error.code == 404:  # not declared yet: no worker has started, nothing was sent
-                return Depth(queue, 0, 0)
+                return 0, 0
             raise
-        return Depth(queue, int(body.get("messages_ready", 0)), int(body.get("messages_unacknowledged", 0)))
+        return int(body.get("messages_ready", 0)), int(body.get("messages_unacknowledged", 0))
+
+    def read() -> Depth:
+        counts = [read_one(url) for url in urls]
+        return Depth(queue, sum(ready for ready, _ in counts), sum(unacked for _, unacked in counts))
 
     return read

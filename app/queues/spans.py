@@ -13,9 +13,11 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, SpanKind, Tracer
 
-from app.observability.task_telemetry import observed_task
+from app.observability.task_telemetry import Run, observed_task
 from app.observability.worker_process import QueueWorkerTelemetry
 from app.queues.backend import Envelope
+from app.queues.task_states import TaskStates, claim, record_end
+from app.retry_policy import RetryPolicy
 
 _SCOPE = "app.queues"
 
@@ -64,27 +66,39 @@ def observed_message(
     requeued: tuple[type[BaseException], ...] = (),
     started_at: float | None = None,
     ran_before: float = 0.0,
-) -> Iterator[None]:
-    """One queued task's run, observed: its envelope read, its books kept, inside its CONSUMER
-    span and ``observed_task``. ``started_at`` and ``ran_before``: for a run observed from the
-    process that saw it die (RQ's worker), when it started and how long it ran."""
+    states: TaskStates | None = None,
+    attempt: int = 1,
+    retry: RetryPolicy | None = None,
+) -> Iterator[Run]:
+    """One queued task's attempt, observed: its envelope read, its books kept, its state claimed
+    (TaskCancelled, before any span, if it was cancelled) and recorded, inside its CONSUMER span
+    and ``observed_task``. ``started_at`` and ``ran_before``: for a run observed from the process
+    that saw it die (RQ's worker), when it started and how long it ran."""
     envelope = Envelope.read(headers, message_id)
     telemetry.books.seen(name, envelope.route)
+    if started_at is None:
+        claim(telemetry, states, message_id, task=name, route=envelope.route, attempt=attempt)
     if redelivered:
         telemetry.books.redelivered(name, envelope.route)
     start_delay = envelope.waited() if started_at is None else max(0.0, started_at - envelope.enqueued_at)
-    with (
-        process_span(tracer(telemetry.tracer_provider), system, name, message_id, headers) as span,
-        observed_task(
-            telemetry,
-            span,
-            name,
-            envelope.route,
-            start_delay=start_delay,
-            arguments=arguments,
-            contain=False,
-            requeued=requeued,
-            ran_before=ran_before,
-        ),
-    ):
-        yield
+    run = Run()
+    try:
+        with (
+            process_span(tracer(telemetry.tracer_provider), system, name, message_id, headers) as span,
+            observed_task(
+                telemetry,
+                span,
+                name,
+                envelope.route,
+                start_delay=start_delay,
+                arguments=arguments,
+                contain=False,
+                requeued=requeued,
+                ran_before=ran_before,
+                attempt=attempt,
+                retry=retry,
+            ) as run,
+        ):
+            yield run
+    finally:
+        record_end(telemetry, states, message_id, run)

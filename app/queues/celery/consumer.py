@@ -19,13 +19,17 @@ from typing import Any
 from celery import Celery, Task, bootsteps, signals
 from celery.apps import worker as celery_worker
 from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.worker.request import Request
+from celery.worker.state import task_ready
 from opentelemetry import trace
 
 from app.observability.logging import JsonFormatter, configure_logging
-from app.observability.task_telemetry import observed_task
+from app.observability.task_telemetry import Run, guarded, observed_task
 from app.observability.worker_process import QueueWorkerTelemetry, WorkerProcesses
 from app.queues.backend import Envelope, TimeLimitExceeded
 from app.queues.celery.tracing import instrument_celery
+from app.queues.task_states import TaskCancelled, TaskStates, claim, record_end
+from app.retry_policy import retry_policy
 from app.settings import Settings
 
 
@@ -34,32 +38,87 @@ def _telemetry(app: Celery) -> QueueWorkerTelemetry:
     return processes.telemetry
 
 
+class CancellableRequest(Request):
+    """Celery's request for a received task, which finds a task cancelled while queued before the
+    pool runs it (where Celery checks its own revokes): acknowledged and not run, with no span (the
+    instrumentation's begins in the pool's process) and no count (the web side counted it)."""
+
+    _cancelled = False
+
+    def revoked(self) -> bool:
+        if super().revoked() or self._cancelled:
+            return True
+        states: TaskStates | None = getattr(self._app, "task_states", None)
+        if states is None:
+            return False
+
+        def read() -> None:
+            self._cancelled = states.cancelled(self.id)
+
+        guarded(_telemetry(self._app), "state", read)
+        if self._cancelled:
+            task_ready(self)
+            self.acknowledge()
+            _telemetry(self._app).logger.debug(
+                "background task cancelled: not run", extra={"task": self.task.name, "route": _route(self)}
+            )
+        return self._cancelled
+
+
+def _route(request: Request) -> str:
+    return Envelope.read(request.request_dict, request.id).route  # the message's headers
+
+
 class ObservedTask(Task):
     """Every queued task's class: its run is observed like an in-process task's."""
 
+    Request = CancellableRequest
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         telemetry = _telemetry(self.app)
+        states: TaskStates | None = getattr(self.app, "task_states", None)  # the worker's (worker.py)
         request = self.request
         envelope = Envelope.read(request.headers, request.id)
+        attempt = request.retries + 1
         telemetry.books.seen(self.name, envelope.route)
+        try:
+            claim(telemetry, states, request.id, task=self.name, route=envelope.route, attempt=attempt)
+        except TaskCancelled:
+            # Cancelled after CancellableRequest looked: the instrumentation's span has begun, and says so.
+            trace.get_current_span().set_attribute("background_task.outcome", "cancelled")
+            return None
         if (request.delivery_info or {}).get("redelivered"):
             telemetry.books.redelivered(self.name, envelope.route)
-        with observed_task(
-            telemetry,
-            trace.get_current_span(),
-            self.name,
-            envelope.route,
-            start_delay=envelope.waited(),
-            arguments=(args, kwargs),
-            contain=False,
-            requeued=(Retry,),
-            # The standard messaging attributes, which the instrumentation leaves out of this span.
-            span_attributes={"messaging.system": "celery", "messaging.message.id": request.id},
-        ):
+        policy = retry_policy(self.run)
+        run = Run()
+        try:
             try:
-                return self.run(*args, **kwargs)
-            except SoftTimeLimitExceeded as exc:
-                raise TimeLimitExceeded(f"{self.soft_time_limit or self.app.conf.task_soft_time_limit} s") from exc
+                with observed_task(
+                    telemetry,
+                    trace.get_current_span(),
+                    self.name,
+                    envelope.route,
+                    start_delay=envelope.waited(),
+                    arguments=(args, kwargs),
+                    contain=False,
+                    requeued=(Retry,),
+                    # The standard messaging attributes, which the instrumentation leaves out of this span.
+                    span_attributes={"messaging.system": "celery", "messaging.message.id": request.id},
+                    attempt=attempt,
+                    retry=policy,
+                ) as run:
+                    try:
+                        return self.run(*args, **kwargs)
+                    except SoftTimeLimitExceeded as exc:
+                        limit = self.soft_time_limit or self.app.conf.task_soft_time_limit
+                        raise TimeLimitExceeded(f"{limit} s") from exc
+            finally:
+                record_end(telemetry, states, request.id, run)  # before a retry is published
+        except Exception as exc:
+            if run.retry_in is None or policy is None:
+                raise
+            # Celery's own retry: the same task id, published again with a countdown.
+            raise self.retry(exc=exc, countdown=run.retry_in, max_retries=policy.max_attempts - 1) from exc
 
 
 class ConsumerAlive(bootsteps.StartStopStep):

@@ -6,8 +6,10 @@ PROMETHEUS_MULTIPROC_DIR set: the main process and every prefork child write the
 from app.queues import worker_settings
 from app.queues.celery.app import create_celery
 from app.queues.celery.consumer import install
+from app.queues.task_states import task_states
 from app.task_registry import task_registry
 
 settings = worker_settings()  # fail before any child forks, naming the setting
 app = create_celery(settings, task_registry(settings), producer=False)
+app.task_states = task_states(settings)  # ObservedTask reads it
 install(app, settings)

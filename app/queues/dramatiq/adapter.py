@@ -11,6 +11,7 @@ from app.settings import Settings
 from app.task_registry import TaskRegistry
 
 QUEUE = "default"  # Dramatiq's default queue (as broker.QUEUE, without importing Dramatiq here)
+DELAY_QUEUE = f"{QUEUE}.DQ"  # where Dramatiq keeps a delayed message (a retry) until it is due
 
 
 def producer(settings: Settings, tasks: TaskRegistry) -> Producer:  # noqa: ARG001 - sent by name
@@ -40,18 +41,21 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 def depth_reader(settings: Settings) -> Callable[[], Depth]:
+    # A retry waits for its backoff in Dramatiq's delay queue: counted as the queue's.
     if not settings.broker_on_redis:
-        return rabbitmq.depth_reader(settings, QUEUE)
+        return rabbitmq.depth_reader(settings, QUEUE, DELAY_QUEUE)
     import redis  # noqa: PLC0415
 
     client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=2, socket_connect_timeout=2)
 
     def read() -> Depth:
-        # Dramatiq's Redis layout: a list of waiting ids, and a hash of every message not yet acked.
+        # Dramatiq's Redis layout, per queue: a list of waiting ids, and a hash of every message
+        # not yet acked.
         with client.pipeline() as pipe:
-            pipe.llen(f"dramatiq:{QUEUE}")
-            pipe.hlen(f"dramatiq:{QUEUE}.msgs")
-            waiting, stored = pipe.execute()
-        return Depth(QUEUE, int(waiting), int(stored) - int(waiting))
+            for name in (QUEUE, DELAY_QUEUE):
+                pipe.llen(f"dramatiq:{name}")
+                pipe.hlen(f"dramatiq:{name}.msgs")
+            waiting, stored, delay_waiting, delay_stored = (int(n) for n in pipe.execute())
+        return Depth(QUEUE, waiting + delay_waiting, stored - waiting + delay_stored - delay_waiting)
 
     return read

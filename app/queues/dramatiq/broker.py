@@ -9,7 +9,7 @@ queue"):
   a process busy with its longest task sends none). On RabbitMQ, the broker redelivers them as
   soon as the connection closes, with its `redelivered` flag;
 - publisher confirms on RabbitMQ: a 200 means the broker holds the message;
-- no retries yet (Dramatiq retries 20 times by default): a failure is one failure, reported once;
+- retries only as a task's retry policy says (Dramatiq retries any failure 20 times by default);
 - TASK_TIME_LIMIT_SECONDS for Dramatiq's 10-minute default.
 """
 

@@ -19,6 +19,8 @@ from app.observability.logging import configure_logging
 from app.observability.worker_process import WorkerProcesses
 from app.queues.backend import TimeLimitExceeded
 from app.queues.spans import observed_message
+from app.queues.task_states import TaskCancelled, TaskStates
+from app.retry_policy import retry_policy
 from app.settings import Settings
 
 SYSTEM = "dramatiq"
@@ -94,31 +96,38 @@ class _Deliveries:
 
 
 def observed_actor(
-    broker: Broker, processes: WorkerProcesses, name: str, func: Callable[..., None]
+    broker: Broker, processes: WorkerProcesses, states: TaskStates | None, name: str, func: Callable[..., None]
 ) -> Callable[..., None]:
     """The function Dramatiq runs for task ``name``: ``func`` observed."""
     deliveries = _Deliveries(broker)
+    policy = retry_policy(func)
 
     def run(*args: Any, **kwargs: Any) -> None:
         telemetry = processes.telemetry
         message = CurrentMessage.get_current_message()
         assert message is not None  # the broker's middleware has CurrentMessage
-        with (
-            deliveries.delivered(message) as redelivered,
-            observed_message(
-                telemetry,
-                SYSTEM,
-                name,
-                message.message_id,
-                message.options.get(ENVELOPE),
-                arguments=(args, kwargs),
-                redelivered=redelivered,
-            ),
-        ):
-            try:
-                func(*args, **kwargs)
-            except DramatiqTimeLimitExceeded as exc:  # an Interrupt, raised in this thread at the limit
-                raise TimeLimitExceeded(str(exc)) from exc
+        try:
+            with (
+                deliveries.delivered(message) as redelivered,
+                observed_message(
+                    telemetry,
+                    SYSTEM,
+                    name,
+                    message.message_id,
+                    message.options.get(ENVELOPE),
+                    arguments=(args, kwargs),
+                    redelivered=redelivered,
+                    states=states,
+                    attempt=message.options.get("retries", 0) + 1,  # Dramatiq's Retries counts them
+                    retry=policy,
+                ),
+            ):
+                try:
+                    func(*args, **kwargs)
+                except DramatiqTimeLimitExceeded as exc:  # an Interrupt, raised in this thread at the limit
+                    raise TimeLimitExceeded(str(exc)) from exc
+        except TaskCancelled:
+            pass  # acknowledged, not run
 
     run.__name__ = run.__qualname__ = name
     # Dramatiq's actor logs on a logger named after the function's module: one of QUIETED_LOGGERS.

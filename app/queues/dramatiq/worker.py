@@ -12,17 +12,31 @@ from app.observability.worker_process import WorkerProcesses
 from app.queues import worker_settings
 from app.queues.dramatiq.broker import QUEUE, make_broker
 from app.queues.dramatiq.consumer import WorkerHooks, observed_actor
+from app.queues.task_states import task_states
+from app.retry_policy import retry_policy
 from app.task_registry import task_registry
 
 settings = worker_settings()
 processes = WorkerProcesses(settings, instrument=lambda _provider: None)  # spans: app/queues/spans.py
 broker = make_broker(settings, [CurrentMessage(), WorkerHooks(processes, settings)], producer=False)
+states = task_states(settings)
 for name, func in task_registry(settings).items():
+    policy = retry_policy(func)
     declare = dramatiq.actor(
         broker=broker,
         actor_name=name,
         queue_name=QUEUE,
-        max_retries=0,
         time_limit=int(settings.task_time_limit_seconds * 1000),
+        # Dramatiq's Retries middleware applies the policy, with its own exponential backoff; the
+        # predicate is the policy's, so that observed_task counts a retry exactly when one comes.
+        **(
+            {
+                "retry_when": lambda retries, exc, policy=policy: policy.retries(retries + 1, exc),
+                "min_backoff": int(policy.first_backoff_seconds * 1000),
+                "max_backoff": int(policy.max_backoff_seconds * 1000),
+            }
+            if policy is not None
+            else {"max_retries": 0}
+        ),
     )
-    declare(observed_actor(broker, processes, name, func))
+    declare(observed_actor(broker, processes, states, name, func))

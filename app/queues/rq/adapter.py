@@ -13,10 +13,10 @@ QUEUE = "default"  # RQ's default queue
 SERIALIZER = "rq.serializers.JSONSerializer"  # JSON arguments, as on every backend (RQ's default is pickle)
 
 
-def producer(settings: Settings, tasks: TaskRegistry) -> Producer:  # noqa: ARG001 - sent by name
+def producer(settings: Settings, tasks: TaskRegistry) -> Producer:
     from app.queues.rq.producer import RQProducer  # noqa: PLC0415 - RQ loads only when chosen
 
-    return RQProducer(settings)
+    return RQProducer(settings, tasks)
 
 
 def worker_command(settings: Settings, argv: list[str]) -> list[str]:
@@ -47,7 +47,9 @@ def depth_reader(settings: Settings) -> Callable[[], Depth]:
     queue = Queue(QUEUE, connection=client)
 
     def read() -> Depth:
-        # Waiting in the queue; running: in its started-job registry until it ends.
-        return Depth(QUEUE, queue.count, queue.started_job_registry.count)
+        # Waiting: in the queue, or a retry in the scheduled-job registry until its backoff ends;
+        # running: in the started-job registry until it ends.
+        waiting = queue.count + queue.scheduled_job_registry.count
+        return Depth(QUEUE, waiting, queue.started_job_registry.count)
 
     return read

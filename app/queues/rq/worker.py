@@ -33,6 +33,8 @@ from app.queues import worker_settings
 from app.queues.backend import TimeLimitExceeded, WorkerProcessLost
 from app.queues.rq.jobs import ENVELOPE, SYSTEM
 from app.queues.spans import observed_message
+from app.queues.task_states import TaskCancelled, task_states
+from app.retry_policy import retry_policy
 from app.settings import Settings
 from app.task_registry import TaskRegistry, task_registry
 
@@ -46,6 +48,7 @@ class _Worker:
         self.settings: Settings = worker_settings()
         self.tasks: TaskRegistry = task_registry(self.settings)
         self.processes = WorkerProcesses(self.settings, instrument=lambda _provider: None)
+        self.states = task_states(self.settings)
 
 
 @functools.cache
@@ -58,28 +61,48 @@ def observed(name: str) -> Callable[..., None]:
     """The function RQ runs for task ``name``, in the work horse."""
     worker = _worker()
     func = worker.tasks[name]
+    policy = retry_policy(func)
 
     def run(*args: Any, **kwargs: Any) -> None:
         telemetry = worker.processes.telemetry
         job = get_current_job()
         assert job is not None
-        with observed_message(
-            telemetry,
-            SYSTEM,
-            name,
-            job.id,
-            job.meta.get(ENVELOPE),
-            arguments=(args, kwargs),
-            redelivered=bool(job.meta.get(_REQUEUED)),
-            requeued=(ShutDownImminentException,),
-        ):
-            try:
-                func(*args, **kwargs)
-            except JobTimeoutException as exc:
-                raise TimeLimitExceeded(str(exc)) from exc
+        attempt = _attempt(job)
+        try:
+            with observed_message(
+                telemetry,
+                SYSTEM,
+                name,
+                job.id,
+                job.meta.get(ENVELOPE),
+                arguments=(args, kwargs),
+                redelivered=bool(job.meta.get(_REQUEUED)),
+                requeued=(ShutDownImminentException,),
+                states=worker.states,
+                attempt=attempt,
+                # Once RQ has no retry left for it (the web side set them), no policy retries it.
+                retry=policy if job.retries_left else None,
+            ):
+                try:
+                    func(*args, **kwargs)
+                except JobTimeoutException as exc:
+                    raise TimeLimitExceeded(str(exc)) from exc
+        except TaskCancelled:
+            return
+        except Exception as exc:
+            if policy is None or not policy.retries(attempt, exc):
+                job.retries_left = 0  # RQ retries any exception: only the policy's are retried
+            raise
 
     run.__name__ = run.__qualname__ = name
     return run
+
+
+def _attempt(job: Job) -> int:
+    """1-based: RQ counts down the retries left from one wait per retry (app/queues/rq/producer.py)."""
+    if not job.retry_intervals or job.retries_left is None:
+        return 1
+    return len(job.retry_intervals) - job.retries_left + 1
 
 
 class ObservedWorker(HerokuWorker):
@@ -133,12 +156,17 @@ class ObservedWorker(HerokuWorker):
             processes.at_child_exit()
 
     def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        if ShutDownImminentException.__name__ not in str(kwargs.get("exc_string", "")):
+            super().handle_job_failure(job, queue, *args, **kwargs)
+            return
+        # Interrupted by the shutdown, not failed: back on the queue, first, through RQ's registry,
+        # with the retries it had (RQ would spend one).
+        retries_left, job.retries_left = job.retries_left, 0
         super().handle_job_failure(job, queue, *args, **kwargs)
-        if ShutDownImminentException.__name__ in str(kwargs.get("exc_string", "")):
-            # Interrupted by the shutdown, not failed: back on the queue, first, through RQ's registry.
-            job.meta[_REQUEUED] = True
-            job.save_meta()  # type: ignore[no-untyped-call]
-            queue.failed_job_registry.requeue(job.id, at_front=True)
+        job.retries_left = retries_left
+        job.meta[_REQUEUED] = True
+        job.save()
+        queue.failed_job_registry.requeue(job.id, at_front=True)
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         """RQ logs each failure with its traceback and the job's arguments, then runs the exception
@@ -147,6 +175,7 @@ class ObservedWorker(HerokuWorker):
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[no-untyped-call]
+        job.retries_left = 0  # a lost process is no failure the policy retries (RQ would)
         telemetry = _worker().processes.telemetry
         name = (job.func_name or "unknown").rsplit(".", 1)[-1]
         started = job.started_at.timestamp() if job.started_at else time.time()
@@ -160,6 +189,8 @@ class ObservedWorker(HerokuWorker):
                 arguments=(tuple(job.args), job.kwargs),
                 started_at=started,
                 ran_before=max(0.0, time.time() - started),
+                states=_worker().states,
+                attempt=_attempt(job),
             ):
                 raise WorkerProcessLost(f"the work horse exited with status {ret_val}")
         except WorkerProcessLost:
