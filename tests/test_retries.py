@@ -7,6 +7,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from app.retry_policy import RetryPolicy
+from app.tasks import EmailDeliveryError
 from harness import TOKEN, Gunicorn, OtlpReceiver, SentryIngest, Stack, trace_id_of, wait_for
 
 TASK = {"task": "send_email", "route": "/send-mail/"}
@@ -17,6 +19,21 @@ RETRYING = {
     "EMAIL_RETRY_BACKOFF_SECONDS": "0.1",
     "LOG_LEVEL": "DEBUG",  # a line per attempt, successes included
 }
+
+
+def test_a_policy_retries_its_exceptions_while_attempts_remain_after_a_capped_jittered_backoff() -> None:
+    policy = RetryPolicy(
+        max_attempts=3, first_backoff_seconds=1.0, retry_on=(EmailDeliveryError,), max_backoff_seconds=3
+    )
+    assert [policy.retries(attempt, EmailDeliveryError()) for attempt in (1, 2, 3)] == [True, True, False]
+    assert not policy.retries(1, TimeoutError())  # not one of its exceptions
+    assert not RetryPolicy(max_attempts=1, first_backoff_seconds=1.0, retry_on=(EmailDeliveryError,)).retries(
+        1, EmailDeliveryError()
+    )
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 3.0), (10, 3.0)]:  # doubled, then capped
+        waits = [policy.backoff(attempt) for _ in range(200)]
+        assert ceiling / 2 <= min(waits) < max(waits) <= ceiling
+        assert max(waits) - min(waits) > ceiling / 4  # jittered, not one value
 
 
 def test_in_process_retries_are_counted_apart_from_failures(tmp_path: Path) -> None:

@@ -50,6 +50,10 @@ def test_weak_tokens_are_refused_without_echo(monkeypatch: pytest.MonkeyPatch, t
         ("LOG_LEVEL", "LOUD"),
         ("METRICS_TOKEN", "changeme"),
         ("TELEMETRY_INCLUDE_PII", "maybe"),
+        ("EMAIL_MAX_ATTEMPTS", "0"),
+        ("EMAIL_RETRY_BACKOFF_SECONDS", "0"),
+        ("TASK_STATE_URL", "amqp://rabbitmq:5672//"),
+        ("TASK_STATE_TTL_SECONDS", "5"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -109,3 +113,20 @@ def test_rabbitmq_management_and_virtual_host_follow_the_broker_url(
     assert (management_url(settings), virtual_host(settings)) == (management, vhost)
     given = Settings(broker_url=broker_url, broker_management_url="https://mq-admin.example.com/")
     assert management_url(given) == "https://mq-admin.example.com"
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "task_state_url", "where"),
+    [
+        (None, "redis://state:6379/1", None),  # in-process tasks have no state
+        ("redis://redis:6379/0", None, "redis://redis:6379/0"),
+        ("redis://redis:6379/0", "redis://state:6379/1", "redis://state:6379/1"),
+        ("amqp://rabbitmq:5672//", None, None),  # off: the endpoints say so
+        ("amqp://rabbitmq:5672//", "redis://state:6379/1", "redis://state:6379/1"),
+    ],
+)
+def test_task_state_lives_in_a_redis_broker_or_task_state_url(
+    broker_url: str | None, task_state_url: str | None, where: str | None
+) -> None:
+    settings = Settings(broker_url=broker_url, task_state_url=task_state_url, task_queue="dramatiq")
+    assert settings.task_state_redis == where

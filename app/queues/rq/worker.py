@@ -175,6 +175,7 @@ class ObservedWorker(HerokuWorker):
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[no-untyped-call]
+        attempt = _attempt(job)
         job.retries_left = 0  # a lost process is no failure the policy retries (RQ would)
         telemetry = _worker().processes.telemetry
         name = (job.func_name or "unknown").rsplit(".", 1)[-1]
@@ -190,7 +191,7 @@ class ObservedWorker(HerokuWorker):
                 started_at=started,
                 ran_before=max(0.0, time.time() - started),
                 states=_worker().states,
-                attempt=_attempt(job),
+                attempt=attempt,
             ):
                 raise WorkerProcessLost(f"the work horse exited with status {ret_val}")
         except WorkerProcessLost:
