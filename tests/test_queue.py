@@ -426,6 +426,28 @@ def test_the_task_state_api_answers_every_error_with_a_detail(queue: Queue) -> N
         assert malformed.status_code == 422
         assert malformed.json()["detail"][0]["loc"] == ["path", "task_id"]
     wait_for(lambda: queue.state(known)["state"] == "succeeded", what="the task to run")
+    if queue.state_redis is None:
+        return  # the broker's Redis holds the state: the broker-down test covers it
+    # Beside RabbitMQ, the state store down: 503s that say so; no task enqueued without its state.
+    web_before = queue.web.metrics()
+    queue.state_redis.stop()
+    try:
+        refused = queue.send("no-state@example.com")
+        assert (refused.status_code, refused.json()) == (503, {"detail": "The task queue is unavailable; retry later."})
+        assert refused.headers["retry-after"] == "2"
+        for method in ("GET", "DELETE"):
+            down = client.request(method, f"/tasks/{known}", headers=AUTH)
+            assert (down.status_code, down.json()) == (
+                503,
+                {"detail": "The task state store is unavailable; retry later."},
+            )
+            assert down.headers["retry-after"] == "2"
+    finally:
+        queue.state_redis.start()
+    web = queue.web.metrics().since(web_before)
+    assert web.get_value("background_tasks_enqueue_failures_total", **TASK) == 1
+    assert web.get_value("background_tasks_scheduled_total", **TASK) == 0
+    assert "no-state@example.com" not in queue.web.emails_sent()
 
 
 def test_queue_wait_is_the_start_delay_and_never_the_response_time(queue: Queue) -> None:
