@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from prometheus_client.mmap_dict import MmapedDict
 
 from app.queues.celery.app import create_celery
@@ -378,6 +379,12 @@ def test_a_task_cancelled_while_queued_never_runs_and_is_counted_once(queue: Que
     cancelled = queue.cancel(ids[1])
     assert cancelled.status_code == 202
     assert (cancelled.json()["id"], cancelled.json()["state"]) == (ids[1], "cancelled")
+    # The cancellation is an event of the DELETE's span, and a DEBUG line of the web worker.
+    wait_for(lambda: queue.otlp.trace(trace_id_of(cancelled)), what="the DELETE's span")
+    (delete_span,) = queue.otlp.trace(trace_id_of(cancelled))
+    assert (delete_span.name, delete_span.event_names) == ("DELETE /tasks/{task_id}", ["background_task.cancelled"])
+    dropped = [line for line in queue.web.app_logs() if line["message"] == "background task dropped"]
+    assert [(line["level"], line["reason"], line["task"]) for line in dropped] == [("DEBUG", "cancelled", "send_email")]
     assert queue.state(ids[1])["state"] == "cancelled"
     again = queue.cancel(ids[1])
     assert (again.status_code, again.json()) == (409, {"detail": "The task was cancelled already"})
@@ -426,6 +433,12 @@ def test_the_task_state_api_answers_every_error_with_a_detail(queue: Queue) -> N
         assert malformed.status_code == 422
         assert malformed.json()["detail"][0]["loc"] == ["path", "task_id"]
     wait_for(lambda: queue.state(known)["state"] == "succeeded", what="the task to run")
+    # Kept TASK_STATE_TTL_SECONDS (a day) from its last change.
+    store = redis.Redis.from_url((queue.state_redis or queue.broker).url)
+    assert 86_400 - 60 < store.ttl(f"background-tasks:state:{known}") <= 86_400
+    paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths["/tasks/{task_id}"]) == {"get", "delete"}
+    assert {"401", "404", "409", "422", "501", "503"} <= set(paths["/tasks/{task_id}"]["delete"]["responses"])
     if queue.state_redis is None:
         return  # the broker's Redis holds the state: the broker-down test covers it
     # Beside RabbitMQ, the state store down: 503s that say so; no task enqueued without its state.
