@@ -21,7 +21,6 @@ import redis
 from app.observability.task_telemetry import Run, TaskTelemetry, guarded
 from app.settings import Settings
 
-STARTED = ("running", "retrying", "succeeded", "failed")
 # The state that each way an attempt ends leaves (task_telemetry.Run.outcome).
 _AFTER = {"success": "succeeded", "failure": "failed", "retry": "retrying", "requeued": "queued", "cancelled": "queued"}
 
@@ -34,14 +33,16 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'attempts', ARGV[1], 'started_at
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return state or 'unknown'
 """
-# KEYS[1]: the task's hash. ARGV: now, ttl. Returns the state it was in; false if there is none.
+# KEYS[1]: the task's hash. ARGV: now, ttl. Returns the state it was in, the task and the route;
+# false if there is none.
 _CANCEL = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'queued' then
+local found = redis.call('HMGET', KEYS[1], 'state', 'task', 'route')
+if not found[1] then return false end
+if found[1] == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
-return state
+return found
 """
 
 
@@ -114,11 +115,14 @@ class TaskStates:
         ``start`` still decides, atomically, when the task runs."""
         return bool(self._redis.hget(self._key(task_id), "state") == "cancelled")
 
-    def cancel(self, task_id: str) -> str | None:
-        """Cancels a queued task. Returns the state it was in (``queued``: now cancelled), or None
-        for an unknown or expired id."""
-        previous = self._cancel(keys=[self._key(task_id)], args=[time.time(), self._ttl])
-        return str(previous) if previous else None
+    def cancel(self, task_id: str) -> tuple[str, str, str] | None:
+        """Cancels a queued task. Returns the state it was in (``queued``: now cancelled), its task
+        and its route, or None for an unknown or expired id."""
+        found = self._cancel(keys=[self._key(task_id)], args=[time.time(), self._ttl])
+        if not found:
+            return None
+        state, task, route = (str(value) if value else "" for value in found)
+        return state, task or "unknown", route or "none"
 
     def read(self, task_id: str) -> TaskState | None:
         fields = cast("dict[str, str]", self._redis.hgetall(self._key(task_id)))  # decode_responses
