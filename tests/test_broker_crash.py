@@ -141,7 +141,7 @@ def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice
     # The worker is still up, and each time Celery died (kombu's close path after a crash) the entry
     # point started it again and counted it: as many restarts counted as logged.
     assert worker.process.poll() is None
-    restarts = worker.stderr().count("the Celery worker died: starting it again")
+    restarts = worker.stderr().count("the queue worker died: starting it again")
     assert worker.metrics().get_value("background_task_worker_restarts_total") == restarts
     assert worker.stop() == 0
 

@@ -607,9 +607,12 @@ def test_a_revoked_queued_task_is_counted_as_dropped_with_its_task_and_route(que
         with control.connection_for_read() as connection:
             channel = connection.default_channel
             waiting = wait_for(lambda: channel.basic_get("celery", no_ack=False), what="the waiting message")
-            channel.basic_reject(waiting.delivery_tag, requeue=True)  # read, and put back
+            # Revoked while this channel holds it, and put back only once the worker has replied that
+            # it flagged it: a child freed in between cannot run it first.
+            replies = control.control.revoke(waiting.headers["id"], reply=True, timeout=10)
+            assert len(replies) == 1, replies
+            channel.basic_reject(waiting.delivery_tag, requeue=True)
         waiting = {"headers": waiting.headers}
-        control.control.revoke(waiting["headers"]["id"])
         settled(queue, web_before, worker_before, 2)
         # Celery acknowledges a revoked message, then signals it: the count follows a moment later.
         wait_for(
