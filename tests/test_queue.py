@@ -595,24 +595,24 @@ def test_a_process_killed_mid_task_runs_it_again_or_fails_it_and_says_which(queu
 def test_a_revoked_queued_task_is_counted_as_dropped_with_its_task_and_route(queue: Queue) -> None:
     if queue.library != "celery":
         pytest.skip("revoking a queued task is Celery's")
-    queue.stop_worker()
-    # Long enough for RabbitMQ's management API, which reports the depth every 0.5 s here.
-    worker = queue.start_worker(EMAIL_SEND_SECONDS="5")
-    try:
-        web_before, worker_before = queue.web.metrics(), worker.metrics()
-        for i in range(3):  # two children take two; the third waits in the broker (prefetch of 1)
-            assert queue.send(f"revoke-{i}@example.com").status_code == 200
-        wait_for(lambda: queue.depth() == (1, 2), what="two running, one waiting")
-        control = create_celery(Settings(broker_url=queue.broker.url), {}, producer=True)
-        with control.connection_for_read() as connection:
-            channel = connection.default_channel
-            waiting = wait_for(lambda: channel.basic_get("celery", no_ack=False), what="the waiting message")
-            # Revoked while this channel holds it, and put back only once the worker has replied that
-            # it flagged it: a child freed in between cannot run it first.
-            replies = control.control.revoke(waiting.headers["id"], reply=True, timeout=10)
+    queue.stop_worker()  # no worker: the three wait in the broker
+    web_before = queue.web.metrics()
+    for i in range(3):
+        assert queue.send(f"revoke-{i}@example.com").status_code == 200
+    control = create_celery(Settings(broker_url=queue.broker.url), {}, producer=True)
+    with control.connection_for_read() as connection:
+        channel = connection.default_channel
+        # Held by this channel, unacknowledged, while a worker starts and runs the other two; then
+        # revoked, and put back only once the worker has replied that it flagged it.
+        held = wait_for(lambda: channel.basic_get("celery", no_ack=False), what="a waiting message")
+        worker = queue.start_worker()
+        worker_before = Metrics()  # a new worker starts from zero
+        try:
+            replies = control.control.revoke(held.headers["id"], reply=True, timeout=10)
             assert len(replies) == 1, replies
-            channel.basic_reject(waiting.delivery_tag, requeue=True)
-        waiting = {"headers": waiting.headers}
+        finally:
+            channel.basic_reject(held.delivery_tag, requeue=True)
+    try:
         settled(queue, web_before, worker_before, 2)
         # Celery acknowledges a revoked message, then signals it: the count follows a moment later.
         wait_for(
@@ -621,8 +621,9 @@ def test_a_revoked_queued_task_is_counted_as_dropped_with_its_task_and_route(que
         )
         after = worker.metrics().since(worker_before)
         assert after.get_value("background_tasks_dropped_total", reason="revoked", **TASK) == 1
+        assert after.get_value("background_task_duration_seconds_count", outcome="success", **TASK) == 2
         assert books(queue.web.metrics().since(web_before), worker.metrics().since(worker_before), 0, 0) == 0
-        revoked = waiting["headers"]["argsrepr"].split("'")[1]
+        revoked = held.headers["argsrepr"].split("'")[1]
         assert revoked not in queue.web.emails_sent()
     finally:
         queue.stop_worker()
