@@ -126,8 +126,9 @@ def observed_task(
     attributes: dict[str, AttributeValue] = {
         "background_task.name": name,
         "http.route": route,
-        "background_task.start_delay_s": start_delay,
         "background_task.attempt": attempt,
+        # A later attempt's wait is its backoff after the earlier ones, not a wait to start.
+        **({"background_task.start_delay_s": start_delay} if attempt == 1 else {}),
         **(span_attributes or {}),
         **({"background_task.arguments": repr(arguments)[:_MAX_ARGUMENTS_REPR]} if telemetry.include_pii else {}),
     }
@@ -216,7 +217,7 @@ def _log(
         "attempt": attempt,
         **({"exception": run.exception} if run.exception else {}),
         "duration_s": round(duration, 6),
-        "start_delay_s": round(start_delay, 6),
+        **({"start_delay_s": round(start_delay, 6)} if attempt == 1 else {}),
     }
     telemetry.logger.log(level, "background task %s", run.outcome, exc_info=failure, extra=extra)
 
