@@ -126,6 +126,7 @@ def test_every_line_of_the_celery_worker_and_its_children_is_one_json_object(tmp
         "CELERY_BROKER_URL": redis.url,
         "EMAIL_SEND_SECONDS": "0",
         "EMAIL_FAILURE_RATE": "1",
+        "EMAIL_MAX_ATTEMPTS": "1",
         "WORKER_MAX_TASKS_PER_CHILD": "1",  # each task recycles its child
     }
     web = Gunicorn(tmp_path / "web", env=env, workers=1).start()
