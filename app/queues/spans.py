@@ -62,7 +62,7 @@ def observed_message(
     headers: Mapping[str, Any] | None,
     *,
     arguments: tuple[Any, ...],
-    redelivered: bool = False,
+    redelivered: bool | None = False,
     requeued: tuple[type[BaseException], ...] = (),
     started_at: float | None = None,
     ran_before: float = 0.0,
@@ -73,12 +73,14 @@ def observed_message(
     """One queued task's attempt, observed: its envelope read, its books kept, its state claimed
     (TaskCancelled, before any span, if it was cancelled) and recorded, inside its CONSUMER span
     and ``observed_task``. ``started_at`` and ``ran_before``: for a run observed from the process
-    that saw it die (RQ's worker), when it started and how long it ran."""
+    that saw it die (RQ's worker), when it started and how long it ran. ``redelivered`` None: the
+    broker does not say, and a run that the state store saw start and never end says it."""
     envelope = Envelope.read(headers, message_id)
     telemetry.books.seen(name, envelope.route)
+    unended = False
     if started_at is None:
-        claim(telemetry, states, message_id, task=name, route=envelope.route, attempt=attempt)
-    if redelivered:
+        unended = claim(telemetry, states, message_id, task=name, route=envelope.route, attempt=attempt)
+    if redelivered or (redelivered is None and unended):
         telemetry.books.redelivered(name, envelope.route)
     start_delay = envelope.waited() if started_at is None else max(0.0, started_at - envelope.enqueued_at)
     run = Run()

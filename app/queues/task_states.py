@@ -85,11 +85,11 @@ class TaskStates:
         """The publish failed: the client got a 503 and no task id."""
         self._redis.delete(self._key(task_id))
 
-    def start(self, task_id: str, task: str, route: str, attempt: int) -> bool:
-        """False if the task was cancelled: it must not run. A task with no state (expired, or
-        enqueued before tracking was on) runs, and has one from now on."""
-        previous = self._start(keys=[self._key(task_id)], args=[attempt, time.time(), self._ttl, task, route])
-        return bool(previous != "cancelled")
+    def start(self, task_id: str, task: str, route: str, attempt: int) -> str:
+        """The state it was in, and ``running`` now unless that was ``cancelled``: it must not run.
+        ``running`` was a run that never ended: its process died. A task with no state (expired,
+        or enqueued before tracking was on) is ``unknown``, runs, and has one from now on."""
+        return str(self._start(keys=[self._key(task_id)], args=[attempt, time.time(), self._ttl, task, route]))
 
     def ended(self, task_id: str, outcome: str, exception: str) -> None:
         state = _AFTER[outcome]
@@ -162,21 +162,23 @@ class TaskCancelled(Exception):
 
 def claim(
     telemetry: TaskTelemetry, states: TaskStates | None, task_id: str, *, task: str, route: str, attempt: int
-) -> None:
-    """Marks the task running, or raises TaskCancelled. A store that fails does not stop the task:
-    the failure is counted in ``background_task_telemetry_errors_total{part="state"}``."""
+) -> bool:
+    """Marks the task running, or raises TaskCancelled; True if a run of it had started and never
+    ended (a redelivery). A store that fails does not stop the task: the failure is counted in
+    ``background_task_telemetry_errors_total{part="state"}``, and no redelivery is seen."""
     if states is None:
-        return
-    cancelled = False
+        return False
+    previous = "unknown"
 
     def start() -> None:
-        nonlocal cancelled
-        cancelled = not states.start(task_id, task, route, attempt)
+        nonlocal previous
+        previous = states.start(task_id, task, route, attempt)
 
     guarded(telemetry, "state", start)
-    if cancelled:
+    if previous == "cancelled":
         telemetry.logger.debug("background task cancelled: not run", extra={"task": task, "route": route})
         raise TaskCancelled(task_id)
+    return previous == "running"
 
 
 def record_end(telemetry: TaskTelemetry, states: TaskStates | None, task_id: str, run: Run) -> None:

@@ -5,13 +5,11 @@ connects Dramatiq's middleware hooks to the worker-process lifecycle
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dramatiq import Broker, Worker
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware
 from dramatiq.middleware import TimeLimitExceeded as DramatiqTimeLimitExceeded
 
@@ -31,7 +29,6 @@ ACTOR_LOGGER = "dramatiq.actors"
 # them). Task arguments are never logged.
 QUIETED_LOGGERS = {ACTOR_LOGGER: logging.INFO, "dramatiq.worker.WorkerThread": logging.CRITICAL}
 ALIVE_INTERVAL_SECONDS = 5.0
-_STARTED = "{namespace}:background-tasks:started:{id}"
 
 
 class WorkerHooks(Middleware):
@@ -70,36 +67,10 @@ class WorkerHooks(Middleware):
             self._stopping.wait(ALIVE_INTERVAL_SECONDS)
 
 
-class _Deliveries:
-    """Whether a message was delivered before. RabbitMQ flags a redelivery. Dramatiq's Redis broker
-    gives a dead worker's message back as it was sent, so a delivery leaves a mark in Redis while
-    its task runs (one SET, one DEL): a mark already there is the mark of a run that died."""
-
-    MARK_SECONDS = 86_400  # outlives any redelivery; removed at the end of each run
-
-    def __init__(self, broker: Broker) -> None:
-        self._redis = broker.client if isinstance(broker, RedisBroker) else None
-        self._namespace = getattr(broker, "namespace", "")
-
-    @contextmanager
-    def delivered(self, message: Any) -> Iterator[bool]:
-        flag = getattr(message, "redelivered", None)
-        if flag is not None or self._redis is None:
-            yield bool(flag)
-            return
-        key = _STARTED.format(namespace=self._namespace, id=message.message_id)
-        first = self._redis.set(key, 1, nx=True, ex=self.MARK_SECONDS)
-        try:
-            yield not first
-        finally:
-            self._redis.delete(key)
-
-
 def observed_actor(
-    broker: Broker, processes: WorkerProcesses, states: TaskStates | None, name: str, func: Callable[..., None]
+    processes: WorkerProcesses, states: TaskStates | None, name: str, func: Callable[..., None]
 ) -> Callable[..., None]:
     """The function Dramatiq runs for task ``name``: ``func`` observed."""
-    deliveries = _Deliveries(broker)
     policy = retry_policy(func)
 
     def run(*args: Any, **kwargs: Any) -> None:
@@ -107,20 +78,19 @@ def observed_actor(
         message = CurrentMessage.get_current_message()
         assert message is not None  # the broker's middleware has CurrentMessage
         try:
-            with (
-                deliveries.delivered(message) as redelivered,
-                observed_message(
-                    telemetry,
-                    SYSTEM,
-                    name,
-                    message.message_id,
-                    message.options.get(ENVELOPE),
-                    arguments=(args, kwargs),
-                    redelivered=redelivered,
-                    states=states,
-                    attempt=message.options.get("retries", 0) + 1,  # Dramatiq's Retries counts them
-                    retry=policy,
-                ),
+            with observed_message(
+                telemetry,
+                SYSTEM,
+                name,
+                message.message_id,
+                message.options.get(ENVELOPE),
+                arguments=(args, kwargs),
+                # RabbitMQ flags a redelivery; Dramatiq's Redis broker gives a dead worker's
+                # message back as it was sent, and the state store tells it (its run never ended).
+                redelivered=getattr(message, "redelivered", None),
+                states=states,
+                attempt=message.options.get("retries", 0) + 1,  # Dramatiq's Retries counts them
+                retry=policy,
             ):
                 try:
                     func(*args, **kwargs)

@@ -39,4 +39,4 @@ for name, func in task_registry(settings).items():
             else {"max_retries": 0}
         ),
     )
-    declare(observed_actor(broker, processes, states, name, func))
+    declare(observed_actor(processes, states, name, func))
