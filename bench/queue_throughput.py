@@ -95,7 +95,12 @@ class Filler:
 
         client = Celery("bench", broker=url, set_as_current=False)
         client.conf.task_serializer = "json"
-        return lambda n: [client.send_task("send_email", args=ARGS) for _ in range(n)] and None
+
+        def fill(n: int) -> None:
+            for _ in range(n):
+                client.send_task("send_email", args=ARGS)
+
+        return fill
 
     @staticmethod
     def _dramatiq(url: str) -> Callable[[int], None]:
@@ -128,7 +133,7 @@ class Filler:
 
 
 class VariantWorker:
-    """One variant's worker, stopped but between drains."""
+    """One variant's worker, stopped except while it drains."""
 
     def __init__(self, backend: str, variant: str, work: Path, env: dict[str, str], settings: Settings) -> None:
         self.backend, self.variant, self.work = backend, variant, work
