@@ -20,10 +20,8 @@ from app.queues.backend import Envelope
 from app.queues.task_states import task_states
 from app.settings import Settings
 from app.task_registry import task_registry
+from bench.queue_throughput import ARGS, ROUTE, database_url
 from harness import OtlpReceiver, RedisServer
-
-ARGS = ("bench@example.com", "Welcome!", "Thanks for joining")
-ROUTE = "/send-mail/"
 
 
 def _mean_us(call: Callable[[], Any], times: int = 1000) -> float:
@@ -57,7 +55,7 @@ def enqueue_breakdown(work: Path, backends: tuple[str, ...], otlp: OtlpReceiver)
         round_trip = _mean_us(redis.Redis.from_url(redis_server.url).ping)
         results = {}
         for db, backend in enumerate(backends, start=1):
-            url = f"{redis_server.url.rsplit('/', 1)[0]}/{db}"
+            url = database_url(redis_server, db)
             settings = Settings(task_queue=backend, broker_url=url, log_file=work / "enqueue.log")  # type: ignore[arg-type]
             producer = adapter(settings).producer(settings, task_registry(settings))
             states = task_states(settings)

@@ -38,6 +38,11 @@ ARGS = ("bench@example.com", "Welcome!", "Thanks for joining")
 ROUTE = "/send-mail/"
 
 
+def database_url(server: RedisServer, db: int) -> str:
+    """The server's database `db`: a variant's own, so that no queue or state is shared."""
+    return f"{server.url.rsplit('/', 1)[0]}/{db}"
+
+
 def _tree(pid: int) -> list[int]:
     pids = [pid]
     try:
@@ -244,7 +249,7 @@ def _workers(
     workers: dict[str, VariantWorker] = {}
     try:
         for db, variant in enumerate(VARIANTS, start=1):
-            url = f"{redis.url.rsplit('/', 1)[0]}/{db}"
+            url = database_url(redis, db)
             home = work / f"{backend}-{task.replace(' ', '')}-{variant}"
             env = {
                 "BROKER_URL": url,

@@ -410,11 +410,6 @@ def _compare(op: str, value: float, target: float) -> bool:
     return value >= target if op == ">=" else value <= target
 
 
-def _verdict(key: str, value: float) -> bool:
-    op, target = TARGETS[key]
-    return value >= target if op == ">=" else value <= target
-
-
 def send_mail_enqueued_vs_in_process(pool: ProcessPoolExecutor, work: Path, backend: str) -> dict[str, Any]:
     """/send-mail/ 200s per second when it enqueues to `backend` on Redis (a worker of 2 processes
     running the tasks on the same machine) against when its task runs in the web worker, alternated."""
@@ -453,7 +448,8 @@ def send_mail_enqueued_vs_in_process(pool: ProcessPoolExecutor, work: Path, back
 
 def _verdicts(figures: dict[str, float], shed_with_503: bool) -> dict[str, dict[str, Any]]:
     verdicts = {
-        key: {"target": f"{op} {target}", "met": _verdict(key, figures[key])} for key, (op, target) in TARGETS.items()
+        key: {"target": f"{op} {target}", "met": _compare(op, figures[key], target)}
+        for key, (op, target) in TARGETS.items()
     }
     saturation = verdicts["tasks_completed_per_response_at_saturation"]
     saturation["target"] += ", or the excess shed with 503s"
