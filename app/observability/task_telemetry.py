@@ -233,11 +233,13 @@ def _report(exc: Exception, name: str, route: str, attempts: int) -> None:
 
 
 def _count(metrics: Metrics, name: str, route: str, run: Run, duration: float) -> None:
-    metrics.task_duration.labels(name, route, run.outcome).observe(duration)
     if run.outcome == "failure":
         metrics.task_failures.labels(name, route, run.exception).inc()
     elif run.outcome == "retry":
         metrics.task_retries.labels(name, route, run.exception).inc()
+    # Last: the duration's count is what says an attempt finished (the books, the dashboards),
+    # so a scrape that sees it finished also sees its failure or retry.
+    metrics.task_duration.labels(name, route, run.outcome).observe(duration)
 
 
 def _record_failure(span: Span, exc: Exception) -> None:
