@@ -128,11 +128,15 @@ def test_a_broken_exporter_slows_no_request_and_its_loss_is_counted(
                 )
                 assert metrics.get_value("otel_spans_exported_total", result="success") == 0
             elif case == "sentry refuses":
+                # The spans too: the last batch may still be on its way to the receiver.
                 metrics = server.wait_for_metrics(
-                    lambda m: m.get_value("sentry_events_lost_total") == EVENTS, "the events"
+                    lambda m: (
+                        m.get_value("sentry_events_lost_total") == EVENTS
+                        and m.get_value("otel_spans_exported_total", result="success") == SPANS
+                    ),
+                    "the events lost and every span exported",
                 )
                 assert metrics.get_value("sentry_events_lost_total", reason="network_error") > 0  # the rest overflowed
-                assert metrics.get_value("otel_spans_exported_total", result="success") == SPANS
             else:
                 # One event in flight, the SDK's queue of 100 waiting: the rest overflow, counted.
                 metrics = server.wait_for_metrics(lambda m: m.get_value("sentry_events_lost_total") > 0, "a lost event")
@@ -144,9 +148,9 @@ def test_a_broken_exporter_slows_no_request_and_its_loss_is_counted(
             slow.shutdown()
             slow.server_close()
     print(f"{case}: p99 {p99 * 1000:.1f} ms, normal {normal_p99 * 1000:.1f} ms")
-    # Generous, for a shared machine under a whole suite: an exporter in the request path would add
-    # its 1 s timeout, or Sentry's 5 s, to every request.
-    assert p99 <= normal_p99 + 0.25
+    # Generous, for a shared machine under a whole suite on two processes: an exporter in the
+    # request path would add its 1 s timeout, or Sentry's 5 s, to every request.
+    assert p99 <= normal_p99 + 0.5
 
 
 def test_a_flood_of_failures_is_counted_exactly_and_every_kind_reaches_sentry(tmp_path: Path) -> None:
