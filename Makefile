@@ -52,8 +52,9 @@ services:
 demo:
 	$(PYTHON) deploy/demo.py
 
-# What observability costs, as ratios to bare FastAPI and its peers in one run (about 10 minutes): rewrites
-# bench/results.json and bench/RESULTS.md. BENCH_ROUNDS and BENCH_SECONDS shorten it.
+# What observability costs, web and queue, as ratios to the bare libraries and their peers in one
+# run (about 19 minutes on 2 cores): rewrites bench/results.json and bench/RESULTS.md.
+# BENCH_ONLY=web|queue runs a part; BENCH_ROUNDS, BENCH_SECONDS and BENCH_QUEUE_ROUNDS shorten it.
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.run
 
