@@ -607,6 +607,9 @@ def test_a_revoked_queued_task_is_counted_as_dropped_with_its_task_and_route(que
         held = wait_for(lambda: channel.basic_get("celery", no_ack=False), what="a waiting message")
         worker = queue.start_worker()
         worker_before = Metrics()  # a new worker starts from zero
+        # On Redis, Celery's remote control is pub/sub: a revoke sent before the worker listens is
+        # lost. A ping it answers says it listens.
+        wait_for(lambda: control.control.ping(timeout=0.5), what="the worker's remote control")
         try:
             replies = control.control.revoke(held.headers["id"], reply=True, timeout=10)
             assert len(replies) == 1, replies
