@@ -16,7 +16,11 @@ worker's counts go on from the dead one's. It serves them on WORKER_METRICS_PORT
 queue depth (app/observability/worker_metrics.py), folding the files of dead processes at each
 scrape, whatever the library.
 
-SIGTERM and SIGINT go to the child; when it has stopped, so does this process, with its status.
+The first SIGTERM or SIGINT goes to the child, and later ones are ignored: the stop is under way
+and has its deadline. When the child has stopped, so does this process, with its status.
+
+With JSON logs, the child's stdout and stderr come through this process, every line a JSON object
+(app/observability/output_relay.py).
 """
 
 import contextlib
@@ -25,6 +29,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -37,6 +42,7 @@ _METRICS_DIRECTORY = use_metrics_directory("prometheus-multiproc-worker-")
 from app.observability.logging import LOGGER_NAME, configure_logging  # noqa: E402
 from app.observability.metrics import Metrics  # noqa: E402
 from app.observability.multiprocess import wipe  # noqa: E402
+from app.observability.output_relay import relay_in_thread  # noqa: E402
 from app.observability.worker_metrics import serve_worker_metrics  # noqa: E402
 from app.queues import adapter, worker_settings  # noqa: E402
 
@@ -44,6 +50,9 @@ from app.queues import adapter, worker_settings  # noqa: E402
 RESTART_DELAY_SECONDS = 1.0
 # After WORKER_SHUTDOWN_SECONDS, the time a library may take to hand back and close.
 STOP_GRACE_SECONDS = 10.0
+# After the child's exit, how long its last lines may take to be relayed (a process it left
+# behind may hold the pipe open).
+OUTPUT_DRAIN_SECONDS = 2.0
 
 
 def main(argv: list[str]) -> int:
@@ -56,9 +65,13 @@ def main(argv: list[str]) -> int:
     child: subprocess.Popen[bytes] | None = None
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        # Once: every library takes a second stop signal as "stop now" (Dramatiq's processes
+        # exit at once, RQ kills its work horse), and a stop must get WORKER_SHUTDOWN_SECONDS
+        # however many signals arrive (a group kill and a parent's, a supervisor that repeats).
         nonlocal stop_by
-        if stop_by is None:
-            stop_by = time.monotonic() + settings.worker_shutdown_seconds + STOP_GRACE_SECONDS
+        if stop_by is not None:
+            return
+        stop_by = time.monotonic() + settings.worker_shutdown_seconds + STOP_GRACE_SECONDS
         if child is not None and child.poll() is None:
             child.send_signal(signum)
 
@@ -76,14 +89,33 @@ def main(argv: list[str]) -> int:
     restarts = 0
     while True:
         # A session of its own: a library signalling its process group never reaches this one.
-        child = subprocess.Popen(command, env=env, start_new_session=True)  # noqa: S603 - our own arguments
+        child, output = _start(command, env, relay=settings.log_format == "json")
         status = _wait(child, lambda: stop_by, logger)
+        if output is not None:
+            output.join(timeout=OUTPUT_DRAIN_SECONDS)
         if stop_by is not None or status == 0:
             return status
         restarts += 1
         restarts_total.inc()
         logger.error("the queue worker died: starting it again", extra={"exit_status": status, "restarts": restarts})
         time.sleep(RESTART_DELAY_SECONDS)
+
+
+def _start(
+    command: list[str], env: dict[str, str], *, relay: bool
+) -> "tuple[subprocess.Popen[bytes], threading.Thread | None]":
+    """The library's worker; with JSON logs, its stdout and stderr relayed as JSON lines."""
+    if not relay:
+        return subprocess.Popen(command, env=env, start_new_session=True), None  # noqa: S603 - our own arguments
+    read, write = os.pipe()
+    try:
+        child = subprocess.Popen(command, env=env, start_new_session=True, stdout=write, stderr=write)  # noqa: S603
+    except BaseException:
+        os.close(read)
+        raise
+    finally:
+        os.close(write)
+    return child, relay_in_thread(read, sys.stderr.buffer)
 
 
 def _wait(child: "subprocess.Popen[bytes]", stop_by: Callable[[], float | None], logger: logging.Logger) -> int:

@@ -3,7 +3,6 @@
 Run from the project root: gunicorn -c deploy/gunicorn.conf.py
 """
 
-import logging
 import math
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from app.observability.metrics_directory import use_metrics_directory
 # the variable already set.
 _multiproc_dir = use_metrics_directory("prometheus-multiproc-")
 
-from app.observability.logging import exit_with, logging_config  # noqa: E402
+from app.observability.logging import exit_with, log_what_bypasses_logging, logging_config  # noqa: E402
 from app.observability.multiprocess import merge_dead_worker, wipe  # noqa: E402
 from app.settings import SHUTDOWN_FLUSH_SECONDS, Settings, describe_error  # noqa: E402
 
@@ -50,7 +49,7 @@ def on_starting(server: Any) -> None:
     the totals of live workers go backwards.
     """
     wipe(_multiproc_dir)
-    logging.captureWarnings(True)  # a Python warning is a log line too, not raw text on stderr
+    log_what_bypasses_logging()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -153,6 +153,10 @@ class RabbitMQServer:
         if self.process is not None and _group_alive(self.process.pid):
             self._signal_group(signal.SIGTERM)
 
+    def crash(self) -> None:
+        """SIGKILL to the Erlang VM and everything beside it; its data directory stays for a restart."""
+        self._signal_group(signal.SIGKILL)
+
     def remove(self) -> None:
         """Stopped for good: its directory goes too."""
         self.stop()

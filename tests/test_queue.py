@@ -642,6 +642,11 @@ def test_sigterm_finishes_running_tasks_within_the_deadline_or_requeues_them(
     assert queue.send(email).status_code == 200
     wait_for(lambda: _running_child(worker), what="the task to start")
     began = time.monotonic()
+    assert worker.process is not None
+    # A stop signal that comes twice (a group kill and a parent's, a supervisor that repeats)
+    # still gives the running task its deadline: every library takes a second one as "stop now".
+    worker.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
     assert worker.stop(timeout=shutdown_seconds + 15) == 0
     assert time.monotonic() - began < shutdown_seconds + 5
     # Back in the queue; on Dramatiq's Redis broker, held for the dead worker until its heartbeats
@@ -677,3 +682,46 @@ def test_a_task_past_the_time_limit_fails_once_as_time_limit_exceeded(queue: Que
         assert "too-slow@example.com" not in queue.web.emails_sent()
     finally:
         queue.stop_worker()
+
+
+def test_every_line_the_worker_prints_through_a_broker_crash_is_one_json_object(queue: Queue) -> None:
+    """A crash makes libraries print past our logging (RQ's pool and scheduler processes die with
+    raw tracebacks): the entry point relays each as one JSON record, its traceback in exc_info.
+    Last in the module: what the crash leaves in the broker is no later test's business."""
+    queue.stop_worker()
+    printed_before = len(queue.worker.stderr()) if queue.worker is not None else 0
+    worker = queue.start_worker()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            queue.send(f"crash-output-{i}@example.com")
+            i += 1
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        wait_for(lambda: any(e.startswith("crash-output-") for e in queue.web.emails_sent()), what="traffic running")
+        queue.broker.crash()
+        time.sleep(3.0)
+        queue.broker.start()
+    finally:
+        stop.set()
+        thread.join()
+    # The worker took up its work again: a task accepted after the restart runs.
+    after = wait_for(lambda: queue.send("after-the-crash@example.com").status_code == 200, what="the broker back")
+    assert after
+    wait_for(
+        lambda: "after-the-crash@example.com" in queue.web.emails_sent(), timeout=90, what="a task after the crash"
+    )
+    assert worker.stop() == 0
+
+    lines = log_lines(worker.stderr()[printed_before:])  # each one a JSON object, or it fails here
+    relayed = [line for line in lines if line["logger"] == "worker.output"]
+    assert all(line["exc_info"].startswith("Traceback (most recent call last):") for line in relayed), relayed
+    assert not [line for line in lines if line["message"].startswith("Traceback")]
+    if queue.library == "rq":
+        # Its pool's and scheduler's processes die on the crash, printing past logging.
+        assert any(line["message"].startswith("Process ") and line["level"] == "ERROR" for line in relayed)

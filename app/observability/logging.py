@@ -10,7 +10,9 @@ import json
 import logging
 import logging.config
 import sys
+import threading
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, Literal, NoReturn
 
 from app.observability.tracing import current_ids
@@ -41,6 +43,8 @@ class JsonFormatter(logging.Formatter):
         line.update(_extras(record))
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # a traceback that came as text (app/observability/output_relay.py)
+            line["exc_info"] = record.exc_text
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
@@ -105,7 +109,26 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
 
 def configure_logging(level: str, log_format: LogFormat) -> None:
     logging.config.dictConfig(logging_config(level, log_format))
-    logging.captureWarnings(True)  # a Python warning is a log line too, not raw text on stderr
+    log_what_bypasses_logging()
+
+
+def log_what_bypasses_logging() -> None:
+    """A Python warning, and an exception that nothing caught in any thread, are log lines too,
+    not raw text on stderr."""
+    logging.captureWarnings(True)
+    logger = logging.getLogger(LOGGER_NAME)
+
+    def uncaught(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
+        logger.critical("uncaught exception", exc_info=(kind, value, traceback))
+
+    def uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        # Called in the failing thread: the record's thread is that one.
+        if args.exc_type is not SystemExit:
+            error = args.exc_value if args.exc_value is not None else args.exc_type()
+            logger.error("uncaught exception in a thread", exc_info=(args.exc_type, error, args.exc_traceback))
+
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread
 
 
 def exit_with(message: str) -> NoReturn:

@@ -4,7 +4,7 @@ multiprocess files, with those of dead processes folded) and the broker's queue 
 each scrape. With METRICS_TOKEN set, a scrape must carry it, as the web side's `/metrics` must.
 """
 
-import hmac
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -17,6 +17,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.bearer import CHALLENGE, REFUSAL, authorized
 from app.observability import multiprocess
 from app.settings import Settings
 
@@ -73,13 +74,13 @@ def serve_worker_metrics(
     registry.register(_QueueDepth(read_depth, logger))
     scrape = make_wsgi_app(registry)
     token = settings.metrics_token
-    expected = b"Bearer " + token.get_secret_value().encode() if token is not None else None
+    expected = token.get_secret_value().encode() if token is not None else None
+    refusal = json.dumps({"detail": REFUSAL}).encode()
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        given = environ.get("HTTP_AUTHORIZATION", "").encode()
-        if expected is not None and not hmac.compare_digest(given, expected):
-            start_response("401 Unauthorized", [("Content-Type", "application/json"), ("WWW-Authenticate", "Bearer")])
-            return [b'{"detail":"Missing or invalid bearer token"}']
+        if expected is not None and not authorized(environ.get("HTTP_AUTHORIZATION"), expected):
+            start_response("401 Unauthorized", [("Content-Type", "application/json"), ("WWW-Authenticate", CHALLENGE)])
+            return [refusal]
         return scrape(environ, start_response)  # type: ignore[no-any-return]
 
     server = make_server(settings.host, settings.worker_metrics_port, app, ThreadingWSGIServer, handler_class=_Quiet)
