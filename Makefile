@@ -12,7 +12,7 @@ BASE_IMAGE ?= $$($(CONTAINER_TOOLS)/base-image)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run worker test lint pins image-test services demo bench sentry-alerts
+.PHONY: run worker test lint pins image-test services demo bench sentry-alerts docs
 
 $(BIN)/gunicorn: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,10 +53,14 @@ demo:
 	$(PYTHON) deploy/demo.py
 
 # What observability costs, web and queue, as ratios to the bare libraries and their peers in one
-# run (about 19 minutes on 2 cores): rewrites bench/results.json and bench/RESULTS.md.
+# run (about 19 minutes on 2 cores): rewrites bench/results.json, bench/RESULTS.md and docs/performance.md.
 # BENCH_ONLY=web|queue runs a part; BENCH_ROUNDS, BENCH_SECONDS and BENCH_QUEUE_ROUNDS shorten it.
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.run
+
+# The docs' reference parts written again from the code: settings, metrics, performance figures.
+docs: $(BIN)/gunicorn
+	$(BIN)/python -m docs.generate
 
 image-test: $(VENV)/.dev
 	DOCKER=$(DOCKER) BASE_IMAGE=$(BASE_IMAGE) $(BIN)/pytest -m container

@@ -1,4 +1,4 @@
-"""Every endpoint: the tutorial's (the README's "Endpoints" table), whose handlers only schedule
+"""Every endpoint: the tutorial's (the README's "The endpoints" table), whose handlers only schedule
 work for the wrapper to observe, a queued task's state and cancellation, and the operations'
 (the scrape and the probes)."""
 

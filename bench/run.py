@@ -50,6 +50,7 @@ from bench import bare_app, loadgen
 from bench.enqueue_cost import enqueue_breakdown
 from bench.queue_throughput import BACKENDS, TASKS, VARIANTS, worker_throughput
 from bench.queue_throughput import ROUNDS as QUEUE_ROUNDS
+from docs.generate import main as generate_docs
 from harness import (
     TOKEN,
     Gunicorn,
@@ -553,6 +554,8 @@ def main() -> None:
                 # Written after each part: a part that fails keeps the one before it.
                 results_file.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
                 (OUT / "RESULTS.md").write_text(render(results))
+    if {"full_vs_bare", "worker_vs_bare"} <= results.keys():  # both parts measured, now or before
+        generate_docs()  # docs/performance.md: its figures and charts from results.json
     print(render(results))
 
 

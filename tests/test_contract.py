@@ -1,4 +1,4 @@
-"""The endpoint contract (the README's "Endpoints" table): each status and body, and its task, exactly once."""
+"""The endpoint contract (the README's "The endpoints" table): each status and body, and its task, exactly once."""
 
 import uuid
 

@@ -2,8 +2,11 @@
 
 ``logging_config`` is the one configuration, applied through each server's own hook: gunicorn's
 ``logconfig_dict`` (deploy/gunicorn.conf.py; uvicorn-worker hands gunicorn's handlers on to
-uvicorn's loggers), and Celery's ``celeryd_init`` signal (app/queues/celery/consumer.py). Third-party loggers
-propagate to the root handler, so their lines and tracebacks come out in the same format.
+uvicorn's loggers), and each queue library's (app/queues/<library>/: Celery's ``celeryd_init``
+and ``setup_logging`` signals, Dramatiq's ``after_process_boot``, RQ's settings module). Third-party
+loggers propagate to the root handler, so their lines and tracebacks come out in the same format;
+what a library prints past logging, the queue worker's entry point relays as JSON
+(output_relay.py).
 """
 
 import json

@@ -17,9 +17,10 @@ one `<kind>_merged.db` per kind and deletes the pid's files:
   new worker starts from zero instead of adding to (or being merged with) the dead one's values.
 - The live gauges (livesum) of the dead pid are removed, as `mark_process_dead` does.
 
-The Celery worker has no `child_exit`: its main process folds dead children at each scrape
-(`collect_live`, checking liveness under the lock, so a pid reused meanwhile is never folded),
-and a child that inherits a dead one's pid folds its files before it writes any.
+A queue worker has no `child_exit`, whatever its library: its entry point folds the files of dead
+processes at each scrape (`collect_live`, checking liveness under the lock, so a pid reused
+meanwhile is never folded), and a process that inherits a dead one's pid folds its files before it
+writes any.
 """
 
 import fcntl

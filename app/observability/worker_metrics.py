@@ -19,10 +19,8 @@ from prometheus_client.registry import Collector
 
 from app.bearer import CHALLENGE, REFUSAL, authorized
 from app.observability import multiprocess
+from app.observability.metrics import QUEUED, UNACKED
 from app.settings import Settings
-
-# Beside the catalogue of app/observability/metrics.py: the same names whatever the library.
-QUEUED, UNACKED = "background_tasks_queued", "background_tasks_unacked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +49,10 @@ class _QueueDepth(Collector):
         except Exception:  # a broker that is down or slow: no depth, and the scrape still answers
             self._logger.warning("the broker did not answer the queue-depth scrape", exc_info=True)
             return
-        queued = GaugeMetricFamily(QUEUED, "Tasks waiting in the broker.", labels=["queue"])
+        queued = GaugeMetricFamily(QUEUED.name, QUEUED.help, labels=QUEUED.labels)
         queued.add_metric([depth.queue], depth.waiting)
         yield queued
-        yield GaugeMetricFamily(
-            UNACKED,
-            "Tasks delivered to a worker and not yet acknowledged: reserved, running, or awaiting redelivery.",
-            value=depth.unacked,
-        )
+        yield GaugeMetricFamily(UNACKED.name, UNACKED.help, value=depth.unacked)
 
 
 class _Quiet(WSGIRequestHandler):

@@ -1,7 +1,7 @@
 """The Celery app both sides build from settings: the web side to publish, the worker to run.
 
 Nothing connects until a task is sent or a worker starts. The settings below are the ones that
-make a queue lose nothing silently (README, "Heavy tasks on Celery"):
+make a queue lose nothing silently (docs/queues.md, "Celery in detail"):
 
 - late acks: a message leaves Redis only after its task ended, so a worker that dies mid-task
   leaves it there;

@@ -1,7 +1,7 @@
 """The Dramatiq broker both sides build from settings: the web side to publish, the worker to run.
 
-The settings below are the ones that make it lose nothing silently (README, "Heavy tasks on a
-queue"):
+The settings below are the ones that make it lose nothing silently (docs/queues.md,
+"What each library guarantees"):
 - acknowledgements after processing (Dramatiq's only mode): a message leaves the broker only
   when its task ended, so a process that dies mid-task leaves it there;
 - on Redis, a dead worker's messages are given back by the next maintenance after its heartbeats
