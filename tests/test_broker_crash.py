@@ -1,6 +1,6 @@
-"""The broker crashes (SIGKILL, then a restart from its append-only file) under steady traffic, with a
-real worker started as `make worker` starts it: the worker survives, nothing accepted is lost, and
-what runs twice is counted."""
+"""The broker crashes (SIGKILL, then a restart from its own data: Redis's append-only file,
+RabbitMQ's durable queues) under steady traffic, with a real Celery worker started as `make worker`
+starts it: the worker survives, nothing accepted is lost, and what runs twice is counted."""
 
 import collections
 import os
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Gunicorn, Metrics, QueueWorker, RedisServer, children, wait_for
+from harness import Broker, Gunicorn, Metrics, QueueWorker, RabbitMQServer, RedisServer, children, wait_for
 
 TASK = {"task": "send_email", "route": "/send-mail/"}
 CRASHES = 5
@@ -28,8 +28,19 @@ def sent(web: Gunicorn) -> collections.Counter[str]:
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    """Redis, unless a test asks for RabbitMQ."""
+    kind = getattr(request, "param", "redis")
+    server: Broker = (RedisServer if kind == "redis" else RabbitMQServer)(tmp_path / "broker").start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def web(tmp_path: Path, broker: Broker) -> Iterator[Gunicorn]:
+    server = Gunicorn(tmp_path / "web", env={**ENV, "CELERY_BROKER_URL": broker.url}).start()
     try:
         yield server
     finally:
@@ -37,22 +48,13 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def web(tmp_path: Path, redis: RedisServer) -> Iterator[Gunicorn]:
-    server = Gunicorn(tmp_path / "web", env={**ENV, "CELERY_BROKER_URL": redis.url}).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path, redis: RedisServer, web: Gunicorn) -> Iterator[Callable[..., QueueWorker]]:
+def start_worker(tmp_path: Path, broker: Broker, web: Gunicorn) -> Iterator[Callable[..., QueueWorker]]:
     """Starts `python -m app.worker_main` on the test's broker; whatever it started is stopped after."""
     started: list[QueueWorker] = []
 
     def start(**env: str) -> QueueWorker:
         # One log file for both sides, as a shared volume would be.
-        settings = {**ENV, "CELERY_BROKER_URL": redis.url, "LOG_FILE": str(web.log_file), **env}
+        settings = {**ENV, "CELERY_BROKER_URL": broker.url, "LOG_FILE": str(web.log_file), **env}
         started.append(QueueWorker(tmp_path / "worker", settings))
         return started[-1].start()
 
@@ -63,8 +65,9 @@ def start_worker(tmp_path: Path, redis: RedisServer, web: Gunicorn) -> Iterator[
             worker.stop()
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice(
-    redis: RedisServer, web: Gunicorn, start_worker: Callable[..., QueueWorker]
+    broker: Broker, web: Gunicorn, start_worker: Callable[..., QueueWorker]
 ) -> None:
     worker = start_worker()
     assert worker.process is not None
@@ -87,9 +90,9 @@ def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice
     try:
         for _ in range(CRASHES):
             time.sleep(random.uniform(1.0, 2.5))
-            redis.crash()
+            broker.crash()
             time.sleep(DOWN_SECONDS)
-            redis.start()
+            broker.start()
         last_return = time.monotonic()
         time.sleep(1.0)
     finally:
@@ -113,7 +116,7 @@ def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice
     # running when the broker died (its ack was lost: the reconnected worker gives it back).
     wait_for(lambda: accepted <= set(sent(web)), timeout=60, what="every accepted email sent")
     assert time.monotonic() - last_return < 60
-    wait_for(lambda: redis.waiting_and_unacked() == (0, 0), timeout=30, what="the broker empty")
+    wait_for(lambda: broker.waiting_and_unacked() == (0, 0), timeout=30, what="the broker empty")
 
     def settled() -> Metrics | None:
         change = worker.metrics().since(worker_before)
@@ -147,19 +150,19 @@ def test_five_broker_crashes_under_traffic_lose_nothing_and_count_what_ran_twice
 
 
 def test_a_broker_crash_during_the_soft_shutdown_ends_it_in_time_and_the_task_comes_back(
-    redis: RedisServer, web: Gunicorn, start_worker: Callable[..., QueueWorker]
+    broker: Broker, web: Gunicorn, start_worker: Callable[..., QueueWorker]
 ) -> None:
     shutdown = float(ENV["WORKER_SHUTDOWN_SECONDS"])
     worker = start_worker(EMAIL_SEND_SECONDS="3")
     assert worker.process is not None
     pids = {worker.process.pid, worker.library_pid(), *worker.child_pids()}
     assert web.thread_client().post("/send-mail/", params={"email": "late@example.com"}).status_code == 200
-    wait_for(lambda: redis.waiting_and_unacked() == (0, 1), what="the task running")
+    wait_for(lambda: broker.waiting_and_unacked() == (0, 1), what="the task running")
 
     stopped = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)  # the soft shutdown: the task may finish
     time.sleep(0.5)
-    redis.crash()
+    broker.crash()
     worker.process.wait(timeout=shutdown + 10)
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=5, what="every process gone")
     assert time.monotonic() - stopped < shutdown + 10
@@ -167,15 +170,15 @@ def test_a_broker_crash_during_the_soft_shutdown_ends_it_in_time_and_the_task_co
 
     # The task finished during the shutdown, but its ack died with the broker: Redis kept it, and
     # the next worker gives it back as it connects and runs it again, as a counted redelivery.
-    redis.start()
-    assert redis.waiting_and_unacked() == (0, 1)
+    broker.start()
+    assert broker.waiting_and_unacked() == (0, 1)
     assert sent(web) == {"late@example.com": 1}
     again = start_worker()
     wait_for(lambda: sent(web) == {"late@example.com": 2}, timeout=60, what="the task run again")
     metrics = again.metrics()
     assert metrics.get_value("background_task_redeliveries_total", **TASK) == 1
     assert metrics.get_value("background_task_duration_seconds_count", outcome="success", **TASK) == 1
-    wait_for(lambda: redis.waiting_and_unacked() == (0, 0), what="the broker empty")
+    wait_for(lambda: broker.waiting_and_unacked() == (0, 0), what="the broker empty")
 
 
 def test_a_dead_celery_worker_is_started_again_counted_and_keeps_its_counts(

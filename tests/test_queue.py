@@ -211,6 +211,12 @@ def test_counts_are_exact_across_web_workers_and_worker_processes(queue: Queue) 
     assert books(web, worker, 0, 0) == 0
     logged = [e for e in queue.web.emails_sent() if e.startswith("count-")]
     assert sorted(logged) == sorted(emails)  # each exactly once
+    # One PRODUCER span per enqueue, however many threads published the first ones at once.
+    traces = {trace_id_of(r) for r in responses}
+    wait_for(
+        lambda: sum(s.kind == PRODUCER and s.trace_id in traces for s in queue.otlp.spans) == len(emails),
+        what="a PRODUCER span per enqueue",
+    )
 
     # Both web workers enqueued, and both worker processes ran tasks (Celery's children, recycled
     # every 40, more than two).
@@ -487,6 +493,7 @@ def test_a_broker_that_is_down_gets_503s_counted_and_a_restart_loses_nothing(que
     web_before, worker_before = queue.web.metrics(), queue.default_worker().metrics()
     queue.broker.stop()
     down = [f"down-{i}@example.com" for i in range(10)]
+    refused = []
     for email in down:
         began = time.perf_counter()
         response = queue.send(email)
@@ -494,6 +501,12 @@ def test_a_broker_that_is_down_gets_503s_counted_and_a_restart_loses_nothing(que
         assert response.status_code == 503
         assert response.headers["retry-after"] == "2"
         assert response.json() == {"detail": "The task queue is unavailable; retry later."}
+        refused.append(trace_id_of(response))
+    # Each refused publish's PRODUCER span ends, with status ERROR, in its request's trace. (On
+    # Redis the task state store is the broker: its write fails first, and nothing is published.)
+    for trace_id in refused if queue.state_redis is not None else []:
+        spans = wait_for(lambda t=trace_id: [s for s in queue.otlp.trace(t) if s.kind == PRODUCER], what="the span")
+        assert [s.status_code for s in spans] == [2]
 
     # Traffic goes on while Redis comes back.
     statuses: dict[str, int] = {}

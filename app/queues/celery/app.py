@@ -3,7 +3,7 @@
 Nothing connects until a task is sent or a worker starts. The settings below are the ones that
 make a queue lose nothing silently (docs/queues.md, "Celery in detail"):
 
-- late acks: a message leaves Redis only after its task ended, so a worker that dies mid-task
+- late acks: a message leaves the broker only after its task ended, so a worker that dies mid-task
   leaves it there;
 - reject on worker lost: a child killed mid-task (SIGKILL, out of memory) puts its message back at
   once, rather than acknowledging it as failed;
@@ -14,7 +14,8 @@ make a queue lose nothing silently (docs/queues.md, "Celery in detail"):
 - a time limit (TASK_TIME_LIMIT_SECONDS): Celery has none by default, and a hung task would hold
   its child for ever;
 - a soft shutdown: on SIGTERM, running tasks get WORKER_SHUTDOWN_SECONDS, then their messages go
-  back to the queue for another worker.
+  back to the queue for another worker;
+- publisher confirms on RabbitMQ: a publish returns once the broker holds the message.
 """
 
 from typing import Any
@@ -39,6 +40,12 @@ def create_celery(settings: Settings, tasks: TaskRegistry, *, producer: bool) ->
     attempt = settings.enqueue_timeout_seconds / 3
     if producer:
         transport |= {"socket_timeout": attempt, "socket_connect_timeout": attempt}
+        if not settings.broker_on_redis:
+            # Without confirms, a publish returns once the bytes are sent: a crash in the next
+            # moment lost accepted tasks (tests/test_broker_crash.py). The wait for a confirm gets
+            # the whole budget: a slow one ends in a 503, not in a second publish of the task.
+            budget = settings.enqueue_timeout_seconds
+            transport |= {"confirm_publish": True, "read_timeout": budget, "write_timeout": budget}
     celery.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -19,7 +19,7 @@ class CeleryProducer:
 
     def __init__(self, settings: Settings, tasks: TaskRegistry) -> None:
         self.celery = create_celery(settings, tasks, producer=True)
-        share_span_table(self.celery.tasks[name] for name in tasks)
+        share_span_table(tasks)
 
     def instrument(self, tracer_provider: TracerProvider) -> None:
         instrument_celery(tracer_provider)
@@ -29,5 +29,5 @@ class CeleryProducer:
         try:
             task.apply_async(args, task_id=envelope.task_id, headers=envelope.headers(with_trace=False))
         except BaseException as exc:
-            end_producer_span(task, envelope.task_id, exc)
+            end_producer_span(name, envelope.task_id, exc)
             raise

@@ -1,5 +1,6 @@
 """Celery's spans: opentelemetry-instrumentation-celery, on both sides."""
 
+from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
@@ -17,9 +18,18 @@ def instrument_celery(tracer_provider: TracerProvider) -> None:
     instrumentor.instrument(tracer_provider=tracer_provider)
 
 
-def end_producer_span(task: Any, task_id: str, exc: BaseException) -> None:
+def _instrumented(name: str) -> Any:
+    """The task object the instrumentation keeps a publish's span on: it looks a task up by name
+    in Celery's current app, which is not the app that publishes (made with
+    ``set_as_current=False``) but Celery's default app, where a shared task is registered too."""
+    return celery_tracing.retrieve_task_from_sender({"sender": name})
+
+
+def end_producer_span(name: str, task_id: str, exc: BaseException) -> None:
     """The instrumentation ends its PRODUCER span only after a successful publish; a failed one
-    would stay open and attached to the task object forever."""
+    would stay open, and its context would be detached when it is collected, in another context
+    ("Failed to detach context")."""
+    task = _instrumented(name)
     context = celery_tracing.retrieve_context(task, task_id, is_publish=True)
     if context is not None:
         _span, activation, _token = context
@@ -27,11 +37,12 @@ def end_producer_span(task: Any, task_id: str, exc: BaseException) -> None:
         celery_tracing.detach_context(task, task_id, is_publish=True)
 
 
-def share_span_table(tasks: Any) -> None:
+def share_span_table(names: Iterable[str]) -> None:
     """The instrumentation keeps each task's open spans in a dict it makes on the task object at the
     first publish, unlocked: two threads publishing the first time both make one, and the spans
     stored in the dict that lost stay open for ever (a PRODUCER span lost, and "Failed to detach
     context" when they are collected). Made here, before any thread publishes."""
-    for task in tasks:
-        if getattr(task, celery_tracing.CTX_KEY, None) is None:
+    for name in names:
+        task = _instrumented(name)
+        if task is not None and getattr(task, celery_tracing.CTX_KEY, None) is None:
             setattr(task, celery_tracing.CTX_KEY, {})
