@@ -724,17 +724,17 @@ def test_every_line_the_worker_prints_through_a_broker_crash_is_one_json_object(
         stop.set()
         thread.join()
     # The worker took up its work again: a task accepted after the restart runs.
-    after = wait_for(lambda: queue.send("after-the-crash@example.com").status_code == 200, what="the broker back")
-    assert after
+    wait_for(lambda: queue.send("after-the-crash@example.com").status_code == 200, what="the broker back")
     wait_for(
         lambda: "after-the-crash@example.com" in queue.web.emails_sent(), timeout=90, what="a task after the crash"
     )
     assert worker.stop() == 0
 
     lines = log_lines(worker.stderr()[printed_before:])  # each one a JSON object, or it fails here
+    assert not [line for line in lines if "Traceback (most recent call last)" in line["message"]]
     relayed = [line for line in lines if line["logger"] == "worker.output"]
-    assert all(line["exc_info"].startswith("Traceback (most recent call last):") for line in relayed), relayed
-    assert not [line for line in lines if line["message"].startswith("Traceback")]
+    tracebacks = [line for line in relayed if "exc_info" in line]
+    assert all(line["exc_info"].startswith("Traceback (most recent call last):") for line in tracebacks), relayed
     if queue.library == "rq":
         # Its pool's and scheduler's processes die on the crash, printing past logging.
-        assert any(line["message"].startswith("Process ") and line["level"] == "ERROR" for line in relayed)
+        assert any(line["message"].startswith("Process ") for line in tracebacks), relayed
