@@ -731,8 +731,8 @@ def test_every_line_the_worker_prints_through_a_broker_crash_is_one_json_object(
     assert worker.stop() == 0
 
     lines = log_lines(worker.stderr()[printed_before:])  # each one a JSON object, or it fails here
-    assert not [line for line in lines if "Traceback (most recent call last)" in line["message"]]
     relayed = [line for line in lines if line["logger"] == "worker.output"]
+    assert not [line for line in relayed if "Traceback (most recent call last)" in line["message"]]
     tracebacks = [line for line in relayed if "exc_info" in line]
     assert all(line["exc_info"].startswith("Traceback (most recent call last):") for line in tracebacks), relayed
     if queue.library == "rq":
