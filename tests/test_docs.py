@@ -156,9 +156,12 @@ def test_every_python_block_in_the_docs_runs(tmp_path: Path) -> None:
         assert metrics.get_value("images_thumbnails_total", size="small") == 1
         assert metrics.get_value("images_thumbnails_total", size="large") == 1
         trace_id = made.headers["traceparent"].split("-")[1]
-        spans = wait_for(lambda: otlp.trace(trace_id), what="the thumbnails trace")
-        (task_span,) = [span for span in spans if span.name == "BackgroundTask make_thumbnails"]
+        name = "BackgroundTask make_thumbnails"
+        task_span = wait_for(
+            lambda: next((span for span in otlp.trace(trace_id) if span.name == name), None), what="the task's span"
+        )
         assert task_span.event_names == ["thumbnails written"]
+        assert [span.name for span in otlp.trace(trace_id)].count(name) == 1
         (line,) = [line for line in server.app_logs() if line["message"] == "thumbnails written"]
         assert (line["logger"], line["thumbnails"], line["trace_id"]) == ("app.images", 2, trace_id)
     finally:
