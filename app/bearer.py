@@ -13,15 +13,10 @@ CHALLENGE = "Bearer"  # the WWW-Authenticate value of a refusal
 REFUSAL = "Missing or invalid bearer token"
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    scheme, _, token = (authorization or "").strip().partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
-
-
 def authorized(authorization: str | None, expected: bytes | None) -> bool:
     """Whether the header carries the expected token. A header value arrives decoded as latin-1
     (HTTP's own and WSGI's rule), so it is compared as the bytes that were sent."""
-    token = bearer_token(authorization)
-    given = token.encode("latin-1", errors="replace") if token is not None else b""
-    return expected is not None and token is not None and hmac.compare_digest(given, expected)
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if expected is None or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(token.strip().encode("latin-1", errors="replace"), expected)
