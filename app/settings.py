@@ -123,8 +123,9 @@ class Settings(BaseSettings):
     )
     broker_management_url: AnyHttpUrl | None = Field(
         default=None,
-        description="RabbitMQ's management API, where the worker reads the queue depth.",
-        json_schema_extra={"shown_default": "`BROKER_URL`'s host, port 15672"},
+        description="RabbitMQ's management API, e.g. `http://user:pass@rabbitmq:15672`: the worker reads the "
+        "queue depth there, unacknowledged count included. Unset: the ready count over AMQP, the unacknowledged "
+        "count unknown.",
     )
     enqueue_timeout_seconds: float = Field(
         default=1.0,

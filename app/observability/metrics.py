@@ -163,12 +163,23 @@ SENTRY_EVENTS_LOST = Spec(
     ("reason",),
 )
 # Read from the broker at each scrape of the worker (worker_metrics.py), not written by processes.
-QUEUED = Spec("gauge", "background_tasks_queued", "Tasks waiting in the broker.", ("queue",), "worker")
+QUEUED = Spec(
+    "gauge", "background_tasks_queued", "Tasks waiting in the broker; NaN when it cannot be read.", ("queue",), "worker"
+)
 UNACKED = Spec(
     "gauge",
     "background_tasks_unacked",
-    "Tasks delivered to a worker and not yet acknowledged: reserved, running, or awaiting redelivery.",
+    "Tasks delivered to a worker and not yet acknowledged: reserved, running, or awaiting redelivery; "
+    "NaN when unknown (the broker did not answer, or RabbitMQ without its management API).",
     exported_by="worker",
+)
+DEPTH_READ_FAILURE_REASONS = ("timeout", "unreachable", "error")
+DEPTH_READ_FAILURES = Spec(
+    "counter",
+    "background_tasks_queue_depth_read_failures",
+    "Queue-depth reads that failed, leaving the depth unknown, by reason: timeout, unreachable, error.",
+    ("reason",),
+    "worker",
 )
 
 CATALOGUE = (
@@ -190,6 +201,7 @@ CATALOGUE = (
     WORKER_RESTARTS,
     QUEUED,
     UNACKED,
+    DEPTH_READ_FAILURES,
     TELEMETRY_ERRORS,
     SPANS_EXPORTED,
     SPANS_DROPPED,

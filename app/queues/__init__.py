@@ -25,7 +25,9 @@ from app.task_registry import TaskRegistry
 
 class Adapter(Protocol):
     """What app/queues/<library>/adapter.py gives: the web side's producer, the worker's command
-    (as app/worker_main.py runs it), and the broker's depth for the worker's /metrics."""
+    (as app/worker_main.py runs it), and the depth of its queue for the worker's /metrics."""
+
+    QUEUE: str
 
     def producer(self, settings: Settings, tasks: TaskRegistry) -> Producer: ...
     def worker_command(self, settings: Settings, argv: list[str]) -> list[str]: ...

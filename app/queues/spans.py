@@ -74,13 +74,13 @@ def observed_message(
     (TaskCancelled, before any span, if it was cancelled) and recorded, inside its CONSUMER span
     and ``observed_task``. ``started_at`` and ``ran_before``: for a run observed from the process
     that saw it die (RQ's worker), when it started and how long it ran. ``redelivered`` None: the
-    broker does not say, and a run that the state store saw start and never end says it."""
+    broker does not say, and a run of it that the state store saw start before says it."""
     envelope = Envelope.read(headers, message_id)
     telemetry.books.seen(name, envelope.route)
-    unended = False
+    seen_before = False
     if started_at is None:
-        unended = claim(telemetry, states, message_id, task=name, route=envelope.route, attempt=attempt)
-    if redelivered or (redelivered is None and unended):
+        seen_before = claim(telemetry, states, message_id, task=name, route=envelope.route, attempt=attempt)
+    if redelivered or (redelivered is None and seen_before):
         telemetry.books.redelivered(name, envelope.route)
     start_delay = envelope.waited() if started_at is None else max(0.0, started_at - envelope.enqueued_at)
     run = Run()

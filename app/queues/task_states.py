@@ -163,8 +163,10 @@ class TaskCancelled(Exception):
 def claim(
     telemetry: TaskTelemetry, states: TaskStates | None, task_id: str, *, task: str, route: str, attempt: int
 ) -> bool:
-    """Marks the task running, or raises TaskCancelled; True if a run of it had started and never
-    ended (a redelivery). A store that fails does not stop the task: the failure is counted in
+    """Marks the task running, or raises TaskCancelled; True if a run of it had started before (a
+    redelivery): one that never ended (its process or its broker died), or one that ended and whose
+    end the library lost (a broker crash between the task's end and its acknowledgement). A store
+    that fails does not stop the task: the failure is counted in
     ``background_task_telemetry_errors_total{part="state"}``, and no redelivery is seen."""
     if states is None:
         return False
@@ -178,7 +180,7 @@ def claim(
     if previous == "cancelled":
         telemetry.logger.debug("background task cancelled: not run", extra={"task": task, "route": route})
         raise TaskCancelled(task_id)
-    return previous == "running"
+    return previous in ("running", "succeeded", "failed")
 
 
 def record_end(telemetry: TaskTelemetry, states: TaskStates | None, task_id: str, run: Run) -> None:

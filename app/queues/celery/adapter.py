@@ -4,7 +4,7 @@ broker's depth."""
 import sys
 from collections.abc import Callable
 
-from app.observability.worker_metrics import Depth
+from app.observability.worker_metrics import DEPTH_READ_TIMEOUT_SECONDS, Depth
 from app.queues import rabbitmq
 from app.queues.broker import Producer
 from app.settings import Settings
@@ -33,10 +33,11 @@ def worker_env(settings: Settings) -> dict[str, str]:  # noqa: ARG001 - the same
 
 def depth_reader(settings: Settings) -> Callable[[], Depth]:
     if not settings.broker_on_redis:
-        return rabbitmq.depth_reader(settings, QUEUE)
+        return rabbitmq.depth_reader(settings, _ready_over_amqp(settings), QUEUE)
     import redis  # noqa: PLC0415
 
-    client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=2, socket_connect_timeout=2)
+    timeout = DEPTH_READ_TIMEOUT_SECONDS
+    client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=timeout, socket_connect_timeout=timeout)
 
     def read() -> Depth:
         # kombu's Redis layout: a list per queue, and one hash of delivered, unacknowledged messages.
@@ -44,6 +45,31 @@ def depth_reader(settings: Settings) -> Callable[[], Depth]:
             pipe.llen(QUEUE)
             pipe.hlen("unacked")
             waiting, unacked = pipe.execute()
-        return Depth(QUEUE, int(waiting), int(unacked))
+        return Depth(int(waiting), int(unacked))
 
     return read
+
+
+def _ready_over_amqp(settings: Settings) -> Callable[[tuple[str, ...]], int]:
+    """The messages ready in queues, by a passive declare on a connection of each read's own (one
+    per scrape: nothing to keep alive between them)."""
+    from kombu.connection import Connection  # noqa: PLC0415
+
+    timeout = DEPTH_READ_TIMEOUT_SECONDS
+    options = {"read_timeout": timeout, "write_timeout": timeout}
+
+    def ready(queues: tuple[str, ...]) -> int:
+        total = 0
+        connection = Connection(str(settings.broker_url), connect_timeout=timeout, transport_options=options)  # type: ignore[no-untyped-call]
+        with connection:
+            for queue in queues:
+                try:
+                    with connection.channel() as channel:  # type: ignore[no-untyped-call]
+                        total += channel.queue_declare(queue=queue, passive=True).message_count
+                except connection.channel_errors as error:
+                    if getattr(error, "code", None) != 404:
+                        raise
+                    # not declared yet: no worker has started, nothing was sent
+        return total
+
+    return ready

@@ -4,7 +4,7 @@ broker's depth."""
 import sys
 from collections.abc import Callable
 
-from app.observability.worker_metrics import Depth
+from app.observability.worker_metrics import DEPTH_READ_TIMEOUT_SECONDS, Depth
 from app.queues import rabbitmq
 from app.queues.broker import Producer
 from app.settings import Settings
@@ -43,10 +43,11 @@ def worker_env(settings: Settings) -> dict[str, str]:
 def depth_reader(settings: Settings) -> Callable[[], Depth]:
     # A retry waits for its backoff in Dramatiq's delay queue: counted as the queue's.
     if not settings.broker_on_redis:
-        return rabbitmq.depth_reader(settings, QUEUE, DELAY_QUEUE)
+        return rabbitmq.depth_reader(settings, _ready_over_amqp(settings), QUEUE, DELAY_QUEUE)
     import redis  # noqa: PLC0415
 
-    client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=2, socket_connect_timeout=2)
+    timeout = DEPTH_READ_TIMEOUT_SECONDS
+    client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=timeout, socket_connect_timeout=timeout)
 
     def read() -> Depth:
         # Dramatiq's Redis layout, per queue: a list of waiting ids, and a hash of every message
@@ -56,6 +57,37 @@ def depth_reader(settings: Settings) -> Callable[[], Depth]:
                 pipe.llen(f"dramatiq:{name}")
                 pipe.hlen(f"dramatiq:{name}.msgs")
             waiting, stored, delay_waiting, delay_stored = (int(n) for n in pipe.execute())
-        return Depth(QUEUE, waiting + delay_waiting, stored - waiting + delay_stored - delay_waiting)
+        return Depth(waiting + delay_waiting, stored - waiting + delay_stored - delay_waiting)
 
     return read
+
+
+def _ready_over_amqp(settings: Settings) -> Callable[[tuple[str, ...]], int]:
+    """The messages ready in queues, by a passive declare on a connection of each read's own (one
+    per scrape: nothing to keep alive between them)."""
+    import pika  # noqa: PLC0415 - Dramatiq's AMQP client
+    from pika.exceptions import AMQPConnectionError, ChannelClosedByBroker  # noqa: PLC0415
+
+    from app.queues.dramatiq.broker import pika_url  # noqa: PLC0415
+
+    parameters = pika.URLParameters(pika_url(settings, DEPTH_READ_TIMEOUT_SECONDS))
+
+    def ready(queues: tuple[str, ...]) -> int:
+        try:
+            connection = pika.BlockingConnection(parameters)
+        except AMQPConnectionError as error:  # pika wraps the socket's error without chaining it
+            raise ConnectionError(f"RabbitMQ did not answer: {error!r}") from error
+        total = 0
+        try:
+            for queue in queues:
+                try:
+                    total += connection.channel().queue_declare(queue, passive=True).method.message_count
+                except ChannelClosedByBroker as error:
+                    if error.reply_code != 404:
+                        raise
+                    # not declared yet: no worker has started, nothing was sent
+        finally:
+            connection.close()
+        return total
+
+    return ready

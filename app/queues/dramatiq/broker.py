@@ -46,12 +46,19 @@ def make_broker(settings: Settings, middleware: list[Middleware], *, producer: b
             maintenance_chance=MAINTENANCE_CHANCE,
             **options,
         )
+    url = pika_url(settings, attempt if producer else None)
+    return RabbitmqBroker(url=url, middleware=stack, confirm_delivery=True)
+
+
+def pika_url(settings: Settings, timeout: float | None) -> str:
+    """BROKER_URL as pika reads it; with ``timeout``, one attempt to connect, bounded by it."""
     broker = settings.broker_url
+    assert broker is not None
     # pika names the virtual host in the path, quoted (the default `/` is `%2F`).
     credentials = f"{broker.username or 'guest'}:{broker.password or 'guest'}"
     url = (
         f"{broker.scheme}://{credentials}@{broker.host}:{broker.port or 5672}/{quote(virtual_host(settings), safe='')}"
     )
-    if producer:
-        url += "?" + urlencode({"socket_timeout": attempt, "stack_timeout": attempt * 2, "connection_attempts": 1})
-    return RabbitmqBroker(url=url, middleware=stack, confirm_delivery=True)
+    if timeout is not None:
+        url += "?" + urlencode({"socket_timeout": timeout, "stack_timeout": timeout * 2, "connection_attempts": 1})
+    return url

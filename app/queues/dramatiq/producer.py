@@ -2,7 +2,7 @@
 
 from typing import Any
 
-import pika.exceptions  # type: ignore[import-untyped]
+import pika.exceptions
 import redis
 from dramatiq import Message
 from dramatiq.errors import BrokerError

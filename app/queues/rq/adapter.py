@@ -4,7 +4,7 @@ broker's depth. RQ runs on Redis only (settings refuse it with an amqp:// BROKER
 import sys
 from collections.abc import Callable
 
-from app.observability.worker_metrics import Depth
+from app.observability.worker_metrics import DEPTH_READ_TIMEOUT_SECONDS, Depth
 from app.queues.broker import Producer
 from app.settings import Settings
 from app.task_registry import TaskRegistry
@@ -43,13 +43,14 @@ def depth_reader(settings: Settings) -> Callable[[], Depth]:
     import redis  # noqa: PLC0415
     from rq import Queue  # noqa: PLC0415
 
-    client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=2, socket_connect_timeout=2)
+    timeout = DEPTH_READ_TIMEOUT_SECONDS
+    client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=timeout, socket_connect_timeout=timeout)
     queue = Queue(QUEUE, connection=client)
 
     def read() -> Depth:
         # Waiting: in the queue, or a retry in the scheduled-job registry until its backoff ends;
         # running: in the started-job registry until it ends.
         waiting = queue.count + queue.scheduled_job_registry.count
-        return Depth(QUEUE, waiting, queue.started_job_registry.count)
+        return Depth(waiting, queue.started_job_registry.count)
 
     return read

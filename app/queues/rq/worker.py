@@ -12,19 +12,26 @@ What RQ does, and what is counted:
 - a task past TASK_TIME_LIMIT_SECONDS: RQ's timeout raises in the horse; TimeLimitExceeded;
 - SIGTERM: RQ's warm shutdown lets the running job finish; after WORKER_SHUTDOWN_SECONDS the job
   is interrupted (as RQ's HerokuWorker does) and put back on the queue through RQ's failed-job
-  registry, and its next run is counted as a redelivery.
+  registry, and its next run is counted as a redelivery;
+- a broker crash between RQ's move of a job to the queue's intermediate list and its start: the
+  job would wait there for RQ's maintenance (over 20 minutes), then fail. A pool worker that
+  starts or reconnects gives such jobs back to the front of the queue at once
+  (``give_back_stranded``). A run that the task state store saw start and never end is counted as
+  a redelivery.
 
 Nothing here connects on import: RQ imports this module to find the worker class.
 """
 
 import functools
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from rq import Queue, get_current_job
 from rq.exceptions import ShutDownImminentException
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.timeouts import JobTimeoutException
 from rq.worker import HerokuWorker
 
@@ -39,6 +46,10 @@ from app.settings import Settings
 from app.task_registry import TaskRegistry, task_registry
 
 _REQUEUED = "requeued_at_shutdown"  # the job's meta key: its next run is a redelivery
+# How long a job must sit in the intermediate list, unstarted, to be stranded: a live worker moves
+# it there and starts it within milliseconds (a fork, then one transaction).
+STRANDED_AFTER_SECONDS = 2.0
+MAINTENANCE_SECONDS = 15
 
 
 class _Worker:
@@ -76,7 +87,8 @@ def observed(name: str) -> Callable[..., None]:
                 job.id,
                 job.meta.get(ENVELOPE),
                 arguments=(args, kwargs),
-                redelivered=bool(job.meta.get(_REQUEUED)),
+                # Requeued at a shutdown; otherwise the state store says (a run that never ended).
+                redelivered=True if job.meta.get(_REQUEUED) else None,
                 requeued=(ShutDownImminentException,),
                 states=worker.states,
                 attempt=attempt,
@@ -115,11 +127,19 @@ class ObservedWorker(HerokuWorker):
         # Heartbeats (which touch WORKER_ALIVE_FILE, the liveness probe's) at least every 15 s idle
         # (RQ waits for a job worker_ttl - 15 s) and every 10 s while a job runs.
         # No job descriptions in its log lines: they hold the task's arguments.
-        options = {"worker_ttl": 30, "job_monitoring_interval": 10, "log_job_description": False}
+        # Maintenance every 15 s, not 10 minutes: it restarts RQ's scheduler (which moves due retries
+        # to the queue) once a crash has killed it and its lock has expired (61 s).
+        options = {
+            "worker_ttl": 30,
+            "job_monitoring_interval": 10,
+            "log_job_description": False,
+            "maintenance_interval": MAINTENANCE_SECONDS,
+        }
         super().__init__(*args, **{**kwargs, **options})
         self.imminent_shutdown_delay = max(1, round(settings.worker_shutdown_seconds))
         self._time_limit = max(1, round(settings.task_time_limit_seconds))
         self._horse = 0
+        self._disconnected = False
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         processes = _worker().processes
@@ -131,9 +151,30 @@ class ObservedWorker(HerokuWorker):
         finally:
             processes.at_child_exit()
 
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        self._give_back_stranded()
+
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
-        super().heartbeat(*args, **kwargs)
+        # RQ's dequeue loop heartbeats first, and retries it after a lost connection.
+        try:
+            super().heartbeat(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._disconnected = True
+            raise
         _worker().settings.worker_alive_file.touch()
+        if self._disconnected:
+            self._disconnected = False
+            self._give_back_stranded()
+
+    def _give_back_stranded(self) -> None:
+        for queue in self.queues:
+            given_back = give_back_stranded(queue)
+            if given_back:
+                _worker().processes.telemetry.logger.warning(
+                    "jobs stranded in the intermediate list given back to the queue",
+                    extra={"queue": queue.name, "jobs": given_back},
+                )
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         job.timeout = self._time_limit  # the worker's limit, whatever the job was sent with
@@ -196,3 +237,46 @@ class ObservedWorker(HerokuWorker):
                 raise WorkerProcessLost(f"the work horse exited with status {ret_val}")
         except WorkerProcessLost:
             pass  # counted, reported and logged: RQ moves the job to its failed registry
+
+
+def give_back_stranded(queue: Queue) -> int:
+    """Moves back to the front of ``queue`` the jobs that sit in its intermediate list without
+    having started (a worker took them as the broker died, before or after recording their
+    execution), and drops from it the ids of jobs that already ran (a duplicate id). Returns how
+    many went back: none where another worker is giving back at the same time."""
+    intermediate = queue.intermediate_queue
+    # One worker at a time: a job given back and taken again by a live worker is back in the list
+    # for a moment, and must not look stranded to a second worker that saw it before.
+    lock = f"{intermediate.key}:giving-back"
+    if not intermediate.get_job_ids() or not queue.connection.set(lock, os.getpid(), nx=True, ex=60):
+        return 0
+    try:
+        seen = set(intermediate.get_job_ids())
+        time.sleep(STRANDED_AFTER_SECONDS)  # a live worker's job has started by now
+        give_back = queue.connection.register_script(_GIVE_BACK)
+        registry = queue.started_job_registry
+        given_back = 0
+        for job_id in seen & set(intermediate.get_job_ids()):
+            job = queue.fetch_job(job_id)
+            unstarted = job is not None and job.get_status() == JobStatus.QUEUED
+            if not unstarted and job_id in registry:
+                continue  # running, or its horse died: RQ's registry cleanup fails or retries it
+            keys = [intermediate.key, queue.key, registry.key]
+            given_back += int(give_back(keys=keys, args=[job_id, int(unstarted)]))
+        return given_back
+    finally:
+        queue.connection.delete(lock)
+
+
+# KEYS: the intermediate list, the queue, the started-job registry. ARGV: the job id, 1 to give it
+# back. One script: of two workers starting together, only the one that removes the id pushes it.
+# The registry's entries of the job (job:execution) go: its next run records its own.
+_GIVE_BACK = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 or ARGV[2] ~= '1' then return 0 end
+local prefix = ARGV[1] .. ':'
+for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if string.sub(member, 1, #prefix) == prefix then redis.call('ZREM', KEYS[3], member) end
+end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+return 1
+"""
