@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MIN_TOKEN_LENGTH = 16
 # After the drain: time to flush spans and Sentry events before gunicorn's SIGKILL.
 SHUTDOWN_FLUSH_SECONDS = 10
+# After WORKER_SHUTDOWN_SECONDS, the time a queue library may take to hand back and close.
+WORKER_STOP_GRACE_SECONDS = 10.0
 
 TASK_QUEUES = ("celery", "dramatiq", "rq")
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")

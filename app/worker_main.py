@@ -45,11 +45,10 @@ from app.observability.multiprocess import wipe  # noqa: E402
 from app.observability.output_relay import relay_in_thread  # noqa: E402
 from app.observability.worker_metrics import serve_worker_metrics  # noqa: E402
 from app.queues import adapter, worker_settings  # noqa: E402
+from app.settings import WORKER_STOP_GRACE_SECONDS  # noqa: E402
 
 # A worker that dies at once (bad settings, no broker for its retries) is not started in a tight loop.
 RESTART_DELAY_SECONDS = 1.0
-# After WORKER_SHUTDOWN_SECONDS, the time a library may take to hand back and close.
-STOP_GRACE_SECONDS = 10.0
 # After the child's exit, how long its last lines may take to be relayed (a process it left
 # behind may hold the pipe open).
 OUTPUT_DRAIN_SECONDS = 2.0
@@ -71,7 +70,7 @@ def main(argv: list[str]) -> int:
         nonlocal stop_by
         if stop_by is not None:
             return
-        stop_by = time.monotonic() + settings.worker_shutdown_seconds + STOP_GRACE_SECONDS
+        stop_by = time.monotonic() + settings.worker_shutdown_seconds + WORKER_STOP_GRACE_SECONDS
         if child is not None and child.poll() is None:
             child.send_signal(signum)
 

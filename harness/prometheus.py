@@ -35,14 +35,17 @@ class Prometheus:
         return values
 
 
-def start_prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[Prometheus]:
-    """Debian's prometheus with the repo's config and rules, scraping each job's target every second."""
+def start_prometheus(workdir: Path, targets: dict[str, str | list[str]]) -> Iterator[Prometheus]:
+    """Debian's prometheus with the repo's config and rules, scraping each job's targets every second."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(PROMETHEUS_DIR / "alerts.yml")]
     config.pop("alerting")  # no Alertmanager here
     config["scrape_configs"] = [
-        {**job, "static_configs": [{"targets": [targets[job["job_name"]]]}]}
+        {
+            **{key: value for key, value in job.items() if not key.endswith("_sd_configs")},
+            "static_configs": [{"targets": _listed(targets[job["job_name"]])}],
+        }
         for job in config["scrape_configs"]
         if job["job_name"] in targets
     ]
@@ -65,6 +68,10 @@ def start_prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[Prometh
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def _listed(targets: str | list[str]) -> list[str]:
+    return [targets] if isinstance(targets, str) else targets
 
 
 def _prometheus_ready(prometheus: Prometheus) -> bool:

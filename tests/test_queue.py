@@ -27,8 +27,7 @@ import redis
 from prometheus_client.mmap_dict import MmapedDict
 
 from app.queues.celery.app import create_celery
-from app.settings import Settings
-from app.worker_main import STOP_GRACE_SECONDS
+from app.settings import WORKER_STOP_GRACE_SECONDS, Settings
 from harness import (
     TOKEN,
     Broker,
@@ -857,8 +856,8 @@ def test_broker_crashes_under_traffic_lose_nothing_count_everything_and_print_on
     queue.broker.crash()
     began = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)
-    worker.process.wait(timeout=shutdown + STOP_GRACE_SECONDS + 10)
-    assert time.monotonic() - began < shutdown + STOP_GRACE_SECONDS + 5
+    worker.process.wait(timeout=shutdown + WORKER_STOP_GRACE_SECONDS + 10)
+    assert time.monotonic() - began < shutdown + WORKER_STOP_GRACE_SECONDS + 5
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=5, what="every process gone")
     queue.broker.start()
 
