@@ -1,6 +1,7 @@
 """The parts of the docs that the code already says, written from it: the settings table (from
-the settings model), the metric table (from the catalogue) and the performance figures (from
-bench/results.json, which `make bench` writes, then calls this).
+the settings model), the metric table (from the catalogue), the performance figures (from
+bench/results.json, which `make bench` writes, then calls this) and the capacity plan (from
+bench/capacity.json, which `python -m bench.capacity` writes, and the CPU per task of the bench).
 
 `python -m docs.generate` rewrites each page's region between ``<!-- generated: <name> -->`` and
 ``<!-- end generated -->``; tests/test_docs.py fails when a committed page differs from it.
@@ -21,6 +22,9 @@ from app.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 RESULTS = ROOT / "bench" / "results.json"
+CAPACITY = ROOT / "bench" / "capacity.json"
+RATES = (10, 100, 1000)  # tasks a second
+FAILURE_RATE = 0.01  # of tasks that fail for good, for the Sentry column
 REGION = re.compile(r"(<!-- generated: (?P<name>[a-z]+) -->\n).*?(<!-- end generated -->)", re.DOTALL)
 LIBRARIES = ("celery", "dramatiq", "rq")
 
@@ -150,6 +154,56 @@ def performance(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def capacity(measured: dict[str, Any], results: dict[str, Any], ttl_seconds: int) -> str:
+    """The plan for RATES tasks a second of one queued task (Celery on Redis), from what was measured."""
+    series = measured["series"]
+    per_outcome = series["worker_per_outcome"]["success"]
+    per_task = series["worker_per_outcome"]["any"]
+    cpu_us = results["worker_throughput"]["celery"]["1 ms"]["variants"]["template"]["cpu_us_per_task"]
+    web_us = results["request_cost"]["cpu_us_per_request"]["template_spans_no_export"]
+    rows = [
+        f"Inputs (`python -m bench.capacity`, Celery on Redis): the task state store keeps "
+        f"{measured['state_bytes_per_task']:.0f} B of Redis per task (`MEMORY USAGE` of its hash) for "
+        f"`TASK_STATE_TTL_SECONDS` ({ttl_seconds:,} s by default); a queued task makes "
+        f"{measured['spans_per_task']} spans (the request's, the enqueue's, the run's) of "
+        f"{measured['otlp_bytes_per_span']:.0f} B each as OTLP protobuf; a task that fails for good sends "
+        f"{measured['sentry_events_per_failure']:.0f} Sentry event of {_size(measured['sentry_bytes_per_event'])}. "
+        f"Series: each (task, route) has {per_task} on a worker instance, plus {per_outcome} per outcome it ends "
+        f"with (a histogram), plus one per exception class that fails or retries it; each worker instance "
+        f"has {series['worker_fixed']} of its own, each web instance {series['web_fixed']} plus "
+        f"{series['web_per_outcome']['any']} per (task, route) it schedules. From `make bench`: "
+        f"{cpu_us:,.0f} µs of worker CPU per task (a 1 ms task, Celery with the template's telemetry) and "
+        f"{web_us:,.0f} µs of web CPU per request (metrics and spans).",
+        "",
+        f"| tasks a second | state store at the default TTL | spans a second (100% / 10%) | OTLP bandwidth "
+        f"(100% / 10%) | Sentry events a day ({FAILURE_RATE:.0%} failing) | worker cores | web cores |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rate in RATES:
+        spans = rate * measured["spans_per_task"]
+        bandwidth = spans * measured["otlp_bytes_per_span"]
+        events = rate * 86_400 * FAILURE_RATE * measured["sentry_events_per_failure"]
+        rows.append(
+            f"| {rate:,} | {_size(rate * ttl_seconds * measured['state_bytes_per_task'])} "
+            f"| {spans:,.0f} / {spans / 10:,.0f} | {_size(bandwidth)}/s / {_size(bandwidth / 10)}/s "
+            f"| {events:,.0f} | {rate * cpu_us / 1e6:.2f} | {rate * web_us / 1e6:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def _capacity() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(CAPACITY.read_text())
+    return loaded
+
+
 def _results() -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads(RESULTS.read_text())
     return loaded
@@ -159,6 +213,10 @@ SECTIONS: dict[str, tuple[Path, Callable[[], str]]] = {
     "settings": (DOCS / "settings.md", settings_table),
     "metrics": (DOCS / "telemetry.md", metrics_table),
     "performance": (DOCS / "performance.md", lambda: performance(_results())),
+    "capacity": (
+        DOCS / "operations.md",
+        lambda: capacity(_capacity(), _results(), Settings.model_fields["task_state_ttl_seconds"].default),
+    ),
 }
 
 
