@@ -215,9 +215,7 @@ class QueueWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "QueueWorker":
-        self.process = spawn(self.args, self.env, self.stderr_path, append=True)
-        wait_for(self._ready, timeout=60, what="the queue worker to be ready")
-        return self
+        return start_together([self])[0]
 
     def _ready(self) -> bool:
         assert self.process is not None
@@ -269,3 +267,12 @@ class QueueWorker:
 
     def app_logs(self) -> list[dict[str, Any]]:
         return app_lines(self.stderr())
+
+
+def start_together(workers: list[QueueWorker]) -> list[QueueWorker]:
+    """Starts every worker at once, then waits for each to be ready, as pods scaled out would."""
+    for worker in workers:
+        worker.process = spawn(worker.args, worker.env, worker.stderr_path, append=True)
+    for worker in workers:
+        wait_for(worker._ready, timeout=60, what="the queue worker to be ready")
+    return workers

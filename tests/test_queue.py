@@ -26,6 +26,7 @@ import pytest
 import redis
 from prometheus_client.mmap_dict import MmapedDict
 
+from app.observability import multiprocess
 from app.queues.celery.app import create_celery
 from app.settings import WORKER_STOP_GRACE_SECONDS, Settings
 from harness import (
@@ -39,6 +40,7 @@ from harness import (
     RedisServer,
     SentryIngest,
     log_lines,
+    start_together,
     trace_id_of,
     wait_for,
     waiting_and_unacked,
@@ -154,6 +156,9 @@ def queue(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         "API_TOKEN": TOKEN,
         # The web side's too: RQ takes a task's retries with it when it is enqueued.
         "EMAIL_MAX_ATTEMPTS": "4",
+        # A budget far above an enqueue's milliseconds, so that a busy machine cannot turn one into
+        # a 503; a broker that is down still refuses at once.
+        "ENQUEUE_TIMEOUT_SECONDS": "5",
         "EMAIL_RETRY_BACKOFF_SECONDS": "0.1",
         **(SHORT_VISIBILITY if (library, broker_name) == ("dramatiq", "redis") else {}),
         "SENTRY_DSN": sentry.dsn,
@@ -769,6 +774,75 @@ def test_a_task_past_the_time_limit_fails_once_as_time_limit_exceeded(queue: Que
         queue.stop_worker()
 
 
+def _final_counts(worker: QueueWorker) -> Metrics:
+    """A stopped worker's counts, from the metric files it left: what its last scrape would have
+    said, had one come after its last task."""
+    return Metrics(
+        {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for metric in multiprocess.collect_live(str(worker.multiproc_dir))
+            for sample in metric.samples
+        }
+    )
+
+
+def test_one_then_three_workers_under_traffic_run_each_task_once_and_count_it_once(queue: Queue) -> None:
+    """As separate pods would be: each worker a `make worker` of its own, with its own metrics port
+    and directory. One runs; two more join under traffic; then one is stopped with SIGTERM."""
+    first = queue.default_worker()
+    web_before, first_before = queue.web.metrics(), first.metrics()
+    env = {**queue.env, **FAST, "METRICS_TOKEN": WORKER_METRICS_TOKEN}
+    joining = [QueueWorker(queue.workdir / f"worker-{n}", env) for n in (2, 3)]
+    statuses: dict[str, int] = {}
+    stop = threading.Event()
+
+    def traffic() -> None:
+        http, i = queue.web.thread_client(), 0
+        while not stop.is_set():
+            email = f"scaled-{i}@example.com"
+            statuses[email] = http.post("/send-mail/", params={"email": email}).status_code
+            i += 1
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        wait_for(lambda: len(statuses) >= 20, what="traffic on one worker")
+        start_together(joining)
+        wait_for(lambda: all(_ran(w) for w in joining), what="the workers that joined running tasks")
+        assert joining[0].stop() == 0  # scaled down, under traffic
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        sender.join()
+    try:
+        assert set(statuses.values()) == {200}
+        wait_for(lambda: set(statuses) <= set(queue.web.emails_sent()), timeout=60, what="every task run")
+        wait_for(lambda: queue.depth() == (0, 0), what="the broker empty")
+        sent = collections.Counter(e for e in queue.web.emails_sent() if e.startswith("scaled-"))
+
+        def totals() -> tuple[float, float] | None:
+            counts = [first.metrics().since(first_before), _final_counts(joining[0]), joining[1].metrics()]
+            runs = sum(m.get_value("background_task_duration_seconds_count", outcome="success", **TASK) for m in counts)
+            again = sum(m.get_value("background_task_redeliveries_total", **TASK) for m in counts)
+            return (runs, again) if runs == sum(sent.values()) else None
+
+        runs, redelivered = wait_for(totals, what="every run counted once, by the worker that ran it")
+        twice = sum(n - 1 for n in sent.values())
+        assert twice <= redelivered  # a task run twice is a counted redelivery
+        scheduled = queue.web.metrics().since(web_before).get_value("background_tasks_scheduled_total", **TASK)
+        assert scheduled == len(statuses) == runs - twice
+        # Every instance reports the one broker's depth, the same.
+        assert {w.metrics().get_value("background_tasks_queued") for w in (first, joining[1])} == {0}
+    finally:
+        for worker in joining:
+            worker.stop()
+
+
+def _ran(worker: QueueWorker) -> bool:
+    return worker.metrics().get_value("background_task_duration_seconds_count", **TASK) > 0
+
+
 def test_broker_crashes_under_traffic_lose_nothing_count_everything_and_print_only_json(queue: Queue) -> None:
     """The broker is SIGKILLed under traffic and restarted from its own data (Redis's append-only
     file, RabbitMQ's durable queues), CRASHES times: every 200 is sent, every 503 counted, every
@@ -842,8 +916,11 @@ def test_broker_crashes_under_traffic_lose_nothing_count_everything_and_print_on
     refused_but_sent = set(counts) - accepted
     assert all(statuses[email] == 503 for email in refused_but_sent)
     twice = sum(n - 1 for n in counts.values())
-    # Each email sent twice is a message that came back after a crash: a counted redelivery.
-    assert twice <= worker_change.get_value("background_task_redeliveries_total", **TASK)
+    # Each email sent twice is a message that came back after a crash: a counted redelivery, or a
+    # run whose start the task state store could not record (it is the broker that crashed), which
+    # is counted too: a failed state write.
+    seen_twice = worker_change.get_value("background_task_redeliveries_total", **TASK)
+    assert twice <= seen_twice + worker_change.get_value("background_task_telemetry_errors_total", part="state")
     assert worker_change.get_value("background_task_duration_seconds_count", outcome="failure", **TASK) == 0
     # The books: scheduled - finished - dropped = - (runs never scheduled, and second runs).
     assert books(web_change, worker_change, 0, 0) == -(twice + len(refused_but_sent))

@@ -79,6 +79,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[di
         "EMAIL_SEND_SECONDS": "300",
         "WORKER_SHUTDOWN_SECONDS": "1",
         "WORKER_THREADS": "1",
+        "ENQUEUE_TIMEOUT_SECONDS": "5",  # no 503 from a busy machine
     }
     if state is not None:
         env["TASK_STATE_URL"] = state.url

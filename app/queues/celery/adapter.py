@@ -1,6 +1,7 @@
 """Celery behind the seam (app/queues/__init__.py): its producer, its worker command and the
 broker's depth."""
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -24,7 +25,11 @@ def producer(settings: Settings, tasks: TaskRegistry) -> Producer:
 
 
 def worker_command(settings: Settings, argv: list[str]) -> list[str]:  # noqa: ARG001 - the app reads them
-    return [sys.executable, "-m", "celery", "-A", "app.queues.celery.worker", "worker", *SWITCHES, *argv]
+    # A node name of its own: Celery's default (celery@<host>) is the same for every worker on one
+    # host, and RabbitMQ gives the node's remote-control queue to one connection only, so a second
+    # worker there dies at start (RESOURCE_LOCKED). The entry point's pid survives the restarts.
+    node = f"--hostname=worker{os.getpid()}@%h"
+    return [sys.executable, "-m", "celery", "-A", "app.queues.celery.worker", "worker", *SWITCHES, node, *argv]
 
 
 def worker_env(settings: Settings) -> dict[str, str]:  # noqa: ARG001 - the same for every setting

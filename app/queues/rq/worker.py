@@ -47,8 +47,9 @@ from app.task_registry import TaskRegistry, task_registry
 
 _REQUEUED = "requeued_at_shutdown"  # the job's meta key: its next run is a redelivery
 # How long a job must sit in the intermediate list, unstarted, to be stranded: a live worker moves
-# it there and starts it within milliseconds (a fork, then one transaction).
-STRANDED_AFTER_SECONDS = 2.0
+# it there and starts it within milliseconds (a fork, then one transaction); ten seconds leave a
+# starved machine room. A worker waits that long at start only when the list holds jobs.
+STRANDED_AFTER_SECONDS = 10.0
 MAINTENANCE_SECONDS = 15
 
 
