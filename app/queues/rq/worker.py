@@ -50,7 +50,6 @@ _REQUEUED = "requeued_at_shutdown"  # the job's meta key: its next run is a rede
 # it there and starts it within milliseconds (a fork, then one transaction); ten seconds leave a
 # starved machine room. A worker waits that long at start only when the list holds jobs.
 STRANDED_AFTER_SECONDS = 10.0
-MAINTENANCE_SECONDS = 15
 
 
 class _Worker:
@@ -128,19 +127,13 @@ class ObservedWorker(HerokuWorker):
         # Heartbeats (which touch WORKER_ALIVE_FILE, the liveness probe's) at least every 15 s idle
         # (RQ waits for a job worker_ttl - 15 s) and every 10 s while a job runs.
         # No job descriptions in its log lines: they hold the task's arguments.
-        # Maintenance every 15 s, not 10 minutes: it restarts RQ's scheduler (which moves due retries
-        # to the queue) once a crash has killed it and its lock has expired (61 s).
-        options = {
-            "worker_ttl": 30,
-            "job_monitoring_interval": 10,
-            "log_job_description": False,
-            "maintenance_interval": MAINTENANCE_SECONDS,
-        }
+        options = {"worker_ttl": 30, "job_monitoring_interval": 10, "log_job_description": False}
         super().__init__(*args, **{**kwargs, **options})
         self.imminent_shutdown_delay = max(1, round(settings.worker_shutdown_seconds))
         self._time_limit = max(1, round(settings.task_time_limit_seconds))
         self._horse = 0
         self._disconnected = False
+        self._pool_worker_pid = os.getpid()
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         processes = _worker().processes
@@ -164,9 +157,22 @@ class ObservedWorker(HerokuWorker):
             self._disconnected = True
             raise
         _worker().settings.worker_alive_file.touch()
+        self._keep_the_scheduler()
         if self._disconnected:
             self._disconnected = False
             self._give_back_stranded()
+
+    def _keep_the_scheduler(self) -> None:
+        """RQ's scheduler (which moves due retries to the queue) dies with a broker crash, and RQ
+        starts another only at its 10-minute maintenance. Here a worker takes it over at its next
+        heartbeat once the dead one's lock has expired (61 s), as RQ's maintenance would. (A shorter
+        maintenance would also run RQ's sweep of the intermediate list, which fails as stuck a live
+        job it happens to see twice a minute apart.)"""
+        scheduler = self.scheduler
+        if scheduler is None or os.getpid() != self._pool_worker_pid:
+            return  # a work horse heartbeats too: the scheduler is its parent's
+        if scheduler._process is None or not scheduler._process.is_alive():
+            scheduler.acquire_locks(auto_start=True)  # type: ignore[no-untyped-call]
 
     def _give_back_stranded(self) -> None:
         for queue in self.queues:
