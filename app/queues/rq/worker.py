@@ -16,8 +16,8 @@ What RQ does, and what is counted:
 - a broker crash between RQ's move of a job to the queue's intermediate list and its start: the
   job would wait there for RQ's maintenance (over 20 minutes), then fail. A pool worker that
   starts or reconnects gives such jobs back to the front of the queue at once
-  (``give_back_stranded``). A run that the task state store saw start and never end is counted as
-  a redelivery.
+  (``give_back_stranded``). A run that the task state store saw start before is counted as a
+  redelivery.
 
 Nothing here connects on import: RQ imports this module to find the worker class.
 """
@@ -48,7 +48,7 @@ from app.task_registry import TaskRegistry, task_registry
 _REQUEUED = "requeued_at_shutdown"  # the job's meta key: its next run is a redelivery
 # How long a job must sit in the intermediate list, unstarted, to be stranded: a live worker moves
 # it there and starts it within milliseconds (a fork, then one transaction); ten seconds leave a
-# starved machine room. A worker waits that long at start only when the list holds jobs.
+# starved machine room. A worker looks when it starts or reconnects, and gives back at a heartbeat.
 STRANDED_AFTER_SECONDS = 10.0
 
 
@@ -134,6 +134,7 @@ class ObservedWorker(HerokuWorker):
         self._horse = 0
         self._disconnected = False
         self._pool_worker_pid = os.getpid()
+        self._stranded: tuple[float, dict[str, set[str]]] | None = None
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         processes = _worker().processes
@@ -147,7 +148,7 @@ class ObservedWorker(HerokuWorker):
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
-        self._give_back_stranded()
+        self._look_for_stranded()
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
         # RQ's dequeue loop heartbeats first, and retries it after a lost connection.
@@ -157,10 +158,21 @@ class ObservedWorker(HerokuWorker):
             self._disconnected = True
             raise
         _worker().settings.worker_alive_file.touch()
+        if os.getpid() != self._pool_worker_pid:
+            return  # a work horse heartbeats too: the rest is its parent's
         self._keep_the_scheduler()
         if self._disconnected:
             self._disconnected = False
-            self._give_back_stranded()
+            self._look_for_stranded()
+        elif self._stranded is not None and time.monotonic() - self._stranded[0] >= STRANDED_AFTER_SECONDS:
+            self._give_back_stranded(self._stranded[1])
+            self._stranded = None
+
+    def _look_for_stranded(self) -> None:
+        """What the intermediate lists hold now: given back at a heartbeat STRANDED_AFTER_SECONDS
+        later if it is still there (no wait here: a stop must not wait for it)."""
+        seen = {queue.name: set(queue.intermediate_queue.get_job_ids()) for queue in self.queues}
+        self._stranded = (time.monotonic(), seen) if any(seen.values()) else None
 
     def _keep_the_scheduler(self) -> None:
         """RQ's scheduler (which moves due retries to the queue) dies with a broker crash, and RQ
@@ -169,14 +181,14 @@ class ObservedWorker(HerokuWorker):
         maintenance would also run RQ's sweep of the intermediate list, which fails as stuck a live
         job it happens to see twice a minute apart.)"""
         scheduler = self.scheduler
-        if scheduler is None or os.getpid() != self._pool_worker_pid:
-            return  # a work horse heartbeats too: the scheduler is its parent's
-        if scheduler._process is None or not scheduler._process.is_alive():
+        if self._stop_requested:
+            return  # a scheduler started now would outlive the stop (RQ stopped this one already)
+        if scheduler is not None and (scheduler._process is None or not scheduler._process.is_alive()):
             scheduler.acquire_locks(auto_start=True)  # type: ignore[no-untyped-call]
 
-    def _give_back_stranded(self) -> None:
+    def _give_back_stranded(self, seen: dict[str, set[str]]) -> None:
         for queue in self.queues:
-            given_back = give_back_stranded(queue)
+            given_back = give_back_stranded(queue, seen.get(queue.name, set()))
             if given_back:
                 _worker().processes.telemetry.logger.warning(
                     "jobs stranded in the intermediate list given back to the queue",
@@ -246,20 +258,19 @@ class ObservedWorker(HerokuWorker):
             pass  # counted, reported and logged: RQ moves the job to its failed registry
 
 
-def give_back_stranded(queue: Queue) -> int:
-    """Moves back to the front of ``queue`` the jobs that sit in its intermediate list without
-    having started (a worker took them as the broker died, before or after recording their
-    execution), and drops from it the ids of jobs that already ran (a duplicate id). Returns how
-    many went back: none where another worker is giving back at the same time."""
+def give_back_stranded(queue: Queue, seen: set[str]) -> int:
+    """Moves back to the front of ``queue`` the jobs of ``seen`` (its intermediate list, at least
+    STRANDED_AFTER_SECONDS ago) still there without having started (a worker took them as the
+    broker died, before or after recording their execution), and drops from it the ids of jobs
+    that already ran (a duplicate id). Returns how many went back: none where another worker is
+    giving back at the same time."""
     intermediate = queue.intermediate_queue
     # One worker at a time: a job given back and taken again by a live worker is back in the list
     # for a moment, and must not look stranded to a second worker that saw it before.
     lock = f"{intermediate.key}:giving-back"
-    if not intermediate.get_job_ids() or not queue.connection.set(lock, os.getpid(), nx=True, ex=60):
+    if not queue.connection.set(lock, os.getpid(), nx=True, ex=60):
         return 0
     try:
-        seen = set(intermediate.get_job_ids())
-        time.sleep(STRANDED_AFTER_SECONDS)  # a live worker's job has started by now
         give_back = queue.connection.register_script(_GIVE_BACK)
         registry = queue.started_job_registry
         given_back = 0
