@@ -181,7 +181,7 @@ def capacity(measured: dict[str, Any], results: dict[str, Any], ttl_seconds: int
         f"has {series['worker_fixed']} of its own, each web instance {series['web_fixed']} plus "
         f"{series['web_per_outcome']['any']} per (task, route) it schedules. From `make bench`: "
         f"{cpu_us:,.0f} µs of worker CPU per task (a 1 ms task, Celery with the template's telemetry) and "
-        f"{web_us:,.0f} µs of web CPU per request (metrics and spans).",
+        f"{web_us:,.0f} µs of web CPU per request (metrics and spans, before their export).",
         "",
         f"| tasks a second | state store at the default TTL | spans a second (100% / 10%) | OTLP bandwidth "
         f"(100% / 10%) | Sentry events a day ({FAILURE_RATE:.0%} failing) | worker cores | web cores |",

@@ -28,8 +28,12 @@ def _quantile(q: float, metric: str, selector: str, by: str = "le") -> str:
     return f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{selector}}}[{RATE}])))"
 
 
-def _target(expr: str, legend: str, ref: int) -> dict[str, Any]:
-    return {"refId": chr(ord("A") + ref), "datasource": PROMETHEUS, "expr": expr, "legendFormat": legend}
+def _targets(exprs: dict[str, str]) -> list[dict[str, Any]]:
+    """One query per legend, as A, B, C…"""
+    return [
+        {"refId": chr(ord("A") + ref), "datasource": PROMETHEUS, "expr": expr, "legendFormat": legend}
+        for ref, (legend, expr) in enumerate(exprs.items())
+    ]
 
 
 def _panel(title: str, exprs: dict[str, str], unit: str, description: str, **extra: Any) -> Panel:
@@ -39,7 +43,7 @@ def _panel(title: str, exprs: dict[str, str], unit: str, description: str, **ext
         "title": title,
         "description": description,
         "datasource": PROMETHEUS,
-        "targets": [_target(expr, legend, i) for i, (legend, expr) in enumerate(exprs.items())],
+        "targets": _targets(exprs),
         "fieldConfig": {"defaults": {"unit": unit, "min": 0, "mappings": UNKNOWN}, "overrides": []},
         "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["last", "max"]}},
         **extra,
@@ -53,7 +57,7 @@ def _stat(title: str, exprs: dict[str, str], unit: str, description: str) -> Pan
         "title": title,
         "description": description,
         "datasource": PROMETHEUS,
-        "targets": [_target(expr, legend, i) for i, (legend, expr) in enumerate(exprs.items())],
+        "targets": _targets(exprs),
         "fieldConfig": {"defaults": {"unit": unit, "mappings": UNKNOWN, "noValue": "unknown"}, "overrides": []},
         "options": {"reduceOptions": {"calcs": ["last"], "fields": "", "values": False}, "textMode": "value_and_name"},
     }

@@ -2,13 +2,14 @@
 
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.processes import ROOT, free_port, spawn, wait_for
@@ -84,11 +85,13 @@ def _prometheus_ready(prometheus: Prometheus) -> bool:
 class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
     @classmethod
     def parse(cls, text: str) -> "Metrics":
-        metrics = cls()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                metrics[(sample.name, frozenset(sample.labels.items()))] = sample.value
-        return metrics
+        return cls.of(text_string_to_metric_families(text))
+
+    @classmethod
+    def of(cls, families: Iterable[Metric]) -> "Metrics":
+        return cls(
+            {(sample.name, frozenset(sample.labels.items())): sample.value for f in families for sample in f.samples}
+        )
 
     def since(self, before: "Metrics") -> "Metrics":
         return Metrics({key: self.get(key, 0.0) - before.get(key, 0.0) for key in self.keys() | before.keys()})

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import redis
 
+from app.observability import multiprocess
 from app.queues import adapter
 from app.settings import Settings
 from harness.logs import app_lines
@@ -255,6 +256,10 @@ class QueueWorker:
         response = httpx.get(self.metrics_url, headers=self._authorization, timeout=10)
         assert response.status_code == 200
         return Metrics.parse(response.text)
+
+    def metrics_left(self) -> "Metrics":
+        """A stopped worker's values, from the metric files its processes left."""
+        return Metrics.of(multiprocess.collect_live(str(self.multiproc_dir)))
 
     def stop(self, timeout: float = 60) -> int:
         if self.process is None or self.process.poll() is not None:

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ import pytest
 import redis
 from prometheus_client.mmap_dict import MmapedDict
 
-from app.observability import multiprocess
 from app.queues.celery.app import create_celery
 from app.settings import WORKER_STOP_GRACE_SECONDS, Settings
 from harness import (
@@ -125,6 +125,32 @@ class Queue:
 
     def cancel(self, task_id: str) -> httpx.Response:
         return self.web.thread_client().delete(f"/tasks/{task_id}", headers=AUTH)
+
+
+@contextmanager
+def traffic(queue: Queue, prefix: str, pause: float, clients: int = 1) -> Iterator[dict[str, int]]:
+    """Clients posting /send-mail/ until the block ends, each on its own connection: every email
+    sent (``<prefix>-<client>-<n>@example.com``) with the status it got."""
+    statuses: dict[str, int] = {}
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        http, i = queue.web.thread_client(), 0
+        while not stop.is_set():
+            email = f"{prefix}-{n}-{i}@example.com"
+            statuses[email] = http.post("/send-mail/", params={"email": email}).status_code
+            i += 1
+            time.sleep(pause)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield statuses
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def books(web: Metrics, worker: Metrics, waiting: int, unacked: int) -> float:
@@ -524,24 +550,10 @@ def test_a_broker_that_is_down_gets_503s_counted_and_a_restart_loses_nothing(que
         assert [s.status_code for s in spans] == [2]
 
     # Traffic goes on while Redis comes back.
-    statuses: dict[str, int] = {}
-    stop = threading.Event()
-
-    def traffic() -> None:
-        i = 0
-        while not stop.is_set():
-            email = f"restart-{i}@example.com"
-            statuses[email] = queue.send(email).status_code
-            i += 1
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=traffic)
-    thread.start()
-    time.sleep(0.5)
-    queue.broker.start()
-    time.sleep(1.5)
-    stop.set()
-    thread.join()
+    with traffic(queue, "restart", pause=0.02) as statuses:
+        time.sleep(0.5)
+        queue.broker.start()
+        time.sleep(1.5)
     accepted = {email for email, status in statuses.items() if status == 200}
     assert set(statuses.values()) <= {200, 503}
     assert accepted, "requests succeed again once Redis is back"
@@ -775,18 +787,6 @@ def test_a_task_past_the_time_limit_fails_once_as_time_limit_exceeded(queue: Que
         queue.stop_worker()
 
 
-def _final_counts(worker: QueueWorker) -> Metrics:
-    """A stopped worker's counts, from the metric files it left: what its last scrape would have
-    said, had one come after its last task."""
-    return Metrics(
-        {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for metric in multiprocess.collect_live(str(worker.multiproc_dir))
-            for sample in metric.samples
-        }
-    )
-
-
 def test_one_then_three_workers_under_traffic_run_each_task_once_and_count_it_once(queue: Queue) -> None:
     """As separate pods would be: each worker a `make worker` of its own, with its own metrics port
     and directory. One runs; two more join under traffic; then one is stopped with SIGTERM."""
@@ -794,36 +794,21 @@ def test_one_then_three_workers_under_traffic_run_each_task_once_and_count_it_on
     web_before, first_before = queue.web.metrics(), first.metrics()
     env = {**queue.env, **FAST, "METRICS_TOKEN": WORKER_METRICS_TOKEN}
     joining = [QueueWorker(queue.workdir / f"worker-{n}", env) for n in (2, 3)]
-    statuses: dict[str, int] = {}
-    stop = threading.Event()
-
-    def traffic() -> None:
-        http, i = queue.web.thread_client(), 0
-        while not stop.is_set():
-            email = f"scaled-{i}@example.com"
-            statuses[email] = http.post("/send-mail/", params={"email": email}).status_code
-            i += 1
-            time.sleep(0.05)
-
-    sender = threading.Thread(target=traffic)
-    sender.start()
     try:
-        wait_for(lambda: len(statuses) >= 20, what="traffic on one worker")
-        start_together(joining)
-        wait_for(lambda: all(_ran(w) for w in joining), what="the workers that joined running tasks")
-        assert joining[0].stop() == 0  # scaled down, under traffic
-        time.sleep(1.0)
-    finally:
-        stop.set()
-        sender.join()
-    try:
+        with traffic(queue, "scaled", pause=0.05) as statuses:
+            wait_for(lambda: len(statuses) >= 20, what="traffic on one worker")
+            start_together(joining)
+            wait_for(lambda: all(_ran(w) for w in joining), what="the workers that joined running tasks")
+            assert joining[0].stop() == 0  # scaled down, under traffic
+            time.sleep(1.0)
         assert set(statuses.values()) == {200}
         wait_for(lambda: set(statuses) <= set(queue.web.emails_sent()), timeout=60, what="every task run")
         wait_for(lambda: queue.depth() == (0, 0), what="the broker empty")
         sent = collections.Counter(e for e in queue.web.emails_sent() if e.startswith("scaled-"))
 
         def totals() -> tuple[float, float] | None:
-            counts = [first.metrics().since(first_before), _final_counts(joining[0]), joining[1].metrics()]
+            # The stopped worker's from the files it left: what a scrape after its last task says.
+            counts = [first.metrics().since(first_before), joining[0].metrics_left(), joining[1].metrics()]
             runs = sum(m.get_value("background_task_duration_seconds_count", outcome="success", **TASK) for m in counts)
             again = sum(m.get_value("background_task_redeliveries_total", **TASK) for m in counts)
             return (runs, again) if runs == sum(sent.values()) else None
@@ -858,21 +843,7 @@ def test_broker_crashes_under_traffic_lose_nothing_count_everything_and_print_on
     # a backlog would only make the wait for the last email longer.
     worker = queue.start_worker(EMAIL_SEND_SECONDS="0.1", WORKER_SHUTDOWN_SECONDS=str(shutdown))
     web_before, worker_before = queue.web.metrics(), worker.metrics()
-    statuses: dict[str, int] = {}
-    stop = threading.Event()
-
-    def client(n: int) -> None:
-        http, i = queue.web.thread_client(), 0
-        while not stop.is_set():
-            email = f"crash-{n}-{i}@example.com"
-            statuses[email] = http.post("/send-mail/", params={"email": email}).status_code
-            i += 1
-            time.sleep(0.2)
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(CRASH_CLIENTS)]
-    for thread in threads:
-        thread.start()
-    try:
+    with traffic(queue, "crash", pause=0.2, clients=CRASH_CLIENTS) as statuses:
         for _ in range(CRASHES):
             wait_for(lambda: sum(s == 200 for s in statuses.values()) > len(statuses) // 2, what="traffic accepted")
             time.sleep(1.0)
@@ -880,10 +851,6 @@ def test_broker_crashes_under_traffic_lose_nothing_count_everything_and_print_on
             time.sleep(3.0)
             queue.broker.start()
         time.sleep(1.0)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
 
     accepted = {email for email, status in statuses.items() if status == 200}
     assert set(statuses.values()) == {200, 503}
