@@ -17,8 +17,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PORT=8000 \
     LOG_FILE=/data/background-tasks.log \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus-multiproc \
-    OTEL_SEMCONV_STABILITY_OPT_IN=http \
-    REMAP_SIGTERM=SIGQUIT
+    OTEL_SEMCONV_STABILITY_OPT_IN=http
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app \
     && mkdir -p /data \
     && chown app:app /data
@@ -28,7 +27,7 @@ COPY app/ app/
 COPY deploy/gunicorn.conf.py deploy/gunicorn.conf.py
 USER 10001:10001
 # 8000: the web service; 9808: /metrics of the queue worker (the same image, command
-# `python -m app.worker_main`: TASK_QUEUE's own worker, with SIGTERM as a soft shutdown).
+# `python -m app.worker_main`: TASK_QUEUE's own worker, with SIGTERM as a graceful stop).
 EXPOSE 8000 9808
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['PORT'], timeout=2)"]

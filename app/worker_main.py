@@ -2,8 +2,8 @@
 
 It runs the TASK_QUEUE library's own worker (app/queues/<library>/adapter.py: `celery worker`,
 `dramatiq`, `rq worker-pool`) as its one child and keeps it running:
-- with SIGTERM as a soft shutdown: running tasks get WORKER_SHUTDOWN_SECONDS, then go back to
-  the broker; a stop still running 10 s after that is ended with SIGKILL to the library's
+- with SIGTERM as a graceful stop: running tasks get up to WORKER_SHUTDOWN_SECONDS, then go
+  back to the broker; a stop still running 10 s after that is ended with SIGKILL to the library's
   processes (in a session of their own);
 - started again when it dies on its own (Celery 5.7 with kombu 5.7 can die on a broker crash: an
   ack of a message from the dead connection, then AttributeError in kombu's close path; Dramatiq

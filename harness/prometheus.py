@@ -1,8 +1,10 @@
 """A real Prometheus (Debian's) for the dashboards' and alerts' queries, and a parsed `/metrics`."""
 
+import math
 import shutil
 import signal
-from collections.abc import Iterable, Iterator
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.processes import ROOT, free_port, spawn, wait_for
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+COUNTING = ("_total", "_count", "_sum", "_bucket")  # a counter's or a histogram's samples
+BACKFILL_STEP_SECONDS = 15
 
 
 @dataclass
@@ -36,8 +40,9 @@ class Prometheus:
         return values
 
 
-def start_prometheus(workdir: Path, targets: dict[str, str | list[str]]) -> Iterator[Prometheus]:
-    """Debian's prometheus with the repo's config and rules, scraping each job's targets every second."""
+def start_prometheus(workdir: Path, targets: Mapping[str, str | list[str]]) -> Iterator[Prometheus]:
+    """Debian's prometheus with the repo's config and rules, scraping each job's targets every
+    second, on the data in `workdir / "data"` (none, or what `backfill` wrote)."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(PROMETHEUS_DIR / "alerts.yml")]
@@ -71,6 +76,40 @@ def start_prometheus(workdir: Path, targets: dict[str, str | list[str]]) -> Iter
         process.wait(timeout=30)
 
 
+def backfill(workdir: Path, instances: Mapping[tuple[str, str], "Metrics"], start: float, end: float) -> None:
+    """Writes to `workdir / "data"` what scrapes of each (job, instance) every 15 s from `start` to
+    `end` would have stored: its counters rising at a steady rate from zero at `start` to their
+    values at `end`, so that every window's rate has a value, its gauges as they are throughout,
+    and `up` at 1."""
+    times = range(math.ceil(start), math.floor(end) + 1, BACKFILL_STEP_SECONDS)
+    start, end = times[0], times[-1]
+    series = [
+        (name, ",".join(f'{k}="{_escaped(v)}"' for k, v in sorted({*labels, ("job", job), ("instance", where)})), value)
+        for (job, where), metrics in instances.items()
+        for (name, labels), value in {("up", frozenset()): 1.0, **metrics}.items()
+        if not name.endswith("_created")  # a creation time, not a value a query reads
+    ]
+    lines = [
+        f"{name}{{{labels}}} {_number(value * (at - start) / (end - start) if name.endswith(COUNTING) else value)} {at}"
+        for name, labels, value in sorted(series, key=lambda one: one[0])  # OpenMetrics: a family's lines together
+        for at in times
+    ]
+    source = workdir / "backfill.om"
+    source.write_text("\n".join(lines) + "\n# EOF\n")
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "make test installs Debian's prometheus"
+    command = [promtool, "tsdb", "create-blocks-from", "openmetrics", str(source), str(workdir / "data")]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return "NaN" if math.isnan(value) else "+Inf" if value == math.inf else repr(value)
+
+
 def _listed(targets: str | list[str]) -> list[str]:
     return [targets] if isinstance(targets, str) else targets
 
@@ -95,6 +134,10 @@ class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
 
     def since(self, before: "Metrics") -> "Metrics":
         return Metrics({key: self.get(key, 0.0) - before.get(key, 0.0) for key in self.keys() | before.keys()})
+
+    def counted_since(self, before: "Metrics") -> "Metrics":
+        """Counters and histograms as `since` gives them; gauges as they are."""
+        return Metrics({key: v - before.get(key, 0.0) if key[0].endswith(COUNTING) else v for key, v in self.items()})
 
     def get_value(self, name: str, **labels: str) -> float:
         """The sum over every series of `name` whose labels include `labels`."""

@@ -1,5 +1,5 @@
 """Celery on Redis, where the broker or the library's worker dies at the worst moment: during a
-soft shutdown, or the library's worker itself. (Crashes under traffic, on every library and
+its shutdown, or the library's worker itself. (Crashes under traffic, on every library and
 broker: tests/test_queue.py.)"""
 
 import collections
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from app.settings import WORKER_STOP_GRACE_SECONDS
 from harness import Gunicorn, Metrics, QueueWorker, RedisServer, children, wait_for
 
 TASK = {"task": "send_email", "route": "/send-mail/"}
@@ -69,12 +70,13 @@ def test_a_broker_crash_during_the_soft_shutdown_ends_it_in_time_and_the_task_co
     wait_for(lambda: broker.waiting_and_unacked() == (0, 1), what="the task running")
 
     stopped = time.monotonic()
-    worker.process.send_signal(signal.SIGTERM)  # the soft shutdown: the task may finish
+    worker.process.send_signal(signal.SIGTERM)  # the warm shutdown: the task may finish
     time.sleep(0.5)
     broker.crash()
-    worker.process.wait(timeout=shutdown + 10)
+    # Ended by the library, or at the entry point's deadline with SIGKILL (polled each second).
+    worker.process.wait(timeout=shutdown + WORKER_STOP_GRACE_SECONDS + 10)
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=5, what="every process gone")
-    assert time.monotonic() - stopped < shutdown + 10
+    assert time.monotonic() - stopped < shutdown + WORKER_STOP_GRACE_SECONDS + 5
     assert children(worker.process.pid) == set()
 
     # The task finished during the shutdown, but its ack died with the broker: Redis kept it, and

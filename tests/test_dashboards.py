@@ -1,6 +1,5 @@
 """The dashboards and alerts, proven on a real Prometheus scraping real gunicorn every second."""
 
-import json
 import math
 import os
 import re
@@ -12,11 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import yaml
 
 from harness import (
-    PROMETHEUS_DIR,
-    ROOT,
     TOKEN,
     Gunicorn,
     Prometheus,
@@ -26,10 +22,9 @@ from harness import (
     started,
     wait_for,
 )
+from harness.queries import DASHBOARD_NAMES, SEND_MAIL, alert_signal, dashboard, expand, panel_queries, rules
 
-DASHBOARDS = ROOT / "grafana" / "dashboards"
 EMAIL_SEND_SECONDS = 1.0
-SEND_MAIL = "/send-mail/"
 LOAD_DECIDED = {"ResponseLatencyHigh"}  # alerts on response time, which a busy machine moves
 IMPORT_COUNTS = [-1 if i % 3 == 0 else 5 for i in range(12)]  # 4 of 12 imports fail
 
@@ -157,66 +152,36 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             redis_server.stop()
 
 
-def _dashboard(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((DASHBOARDS / name).read_text())
-    return loaded
-
-
-def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    return [p for p in dashboard["panels"] if p["type"] != "row"]
-
-
-def _expand(expr: str, window: str, route: str = SEND_MAIL) -> str:
-    """What Grafana sends with every variable at "All" and the repeated panel at one route."""
-    expr = expr.replace('route="$route"', f'route="{route}"')
-    for variable in ("$job", "$instance", "$route", "$task"):
-        expr = expr.replace(variable, ".*")
-    return expr.replace("$__rate_interval", window).replace("$__range", window)
-
-
 def _value(result: list[dict[str, Any]], **labels: str) -> float:
     (sample,) = [r for r in result if labels.items() <= r["metric"].items()]
     return float(sample["value"][1])
 
 
-def _targets(name: str) -> dict[str, str]:
-    """Every query of a dashboard, by panel title and legend."""
-    return {
-        f"{panel['title']} / {target['legendFormat']}": target["expr"]
-        for panel in _panels(_dashboard(name))
-        for target in panel["targets"]
-    }
-
-
-@pytest.mark.parametrize("name", ["background-tasks.json", "service.json"])
+@pytest.mark.parametrize("name", DASHBOARD_NAMES)
 def test_every_panel_query_returns_data(scene: Scene, name: str) -> None:
-    for title, expr in _targets(name).items():
-        assert scene.prometheus.query(_expand(expr, scene.window)), f"no data for {title}: {expr}"
+    for title, expr in panel_queries(name).items():
+        assert scene.prometheus.query(expand(expr, scene.window)), f"no data for {title}: {expr}"
 
 
-@pytest.mark.parametrize("name", ["background-tasks.json", "service.json"])
+@pytest.mark.parametrize("name", DASHBOARD_NAMES)
 def test_every_variable_has_values(scene: Scene, name: str) -> None:
-    for variable in _dashboard(name)["templating"]["list"]:
+    for variable in dashboard(name)["templating"]["list"]:
         if variable["type"] != "query":
             continue
         match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"])
         assert match is not None, variable["definition"]
-        values = scene.prometheus.label_values(match.group(2), _expand(match.group(1), scene.window))
+        values = scene.prometheus.label_values(match.group(2), expand(match.group(1), scene.window))
         assert values, variable["name"]
         if variable["name"] == "route":
             assert SEND_MAIL in values
 
 
 def test_every_alert_parses_and_its_signal_has_data(scene: Scene) -> None:
-    groups = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
-    records = [rule for group in groups for rule in group["rules"] if "record" in rule]
-    for record in records:
+    for record in [rule for rule in rules() if "record" in rule]:
         assert scene.prometheus.query(record["record"]), f"no data recorded for {record['record']}"
     firing = set()
-    for rule in [rule for group in groups for rule in group["rules"] if "alert" in rule]:
-        signal_expr = re.fullmatch(r"\s*\((.*)\)\s*(?:>|<|==|!=|>=|<=)\s*[\d.]+\s*", rule["expr"], re.DOTALL)
-        assert signal_expr is not None, f"{rule['alert']}: expr must be (signal) <comparison> threshold"
-        assert scene.prometheus.query(signal_expr.group(1)), f"no data for the signal of {rule['alert']}"
+    for rule in [rule for rule in rules() if "alert" in rule]:
+        assert scene.prometheus.query(alert_signal(rule)), f"no data for the signal of {rule['alert']}"
         if scene.prometheus.query(rule["expr"]):
             firing.add(rule["alert"])
     # The traffic failed tasks, retried each inventory sync once and dropped one. Whether a
@@ -230,11 +195,11 @@ def test_every_alert_parses_and_its_signal_has_data(scene: Scene) -> None:
 
 
 def test_the_gap_panel_shows_fast_responses_and_slow_tasks(scene: Scene) -> None:
-    queries = _targets("background-tasks.json")
+    queries = panel_queries("background-tasks.json")
     title = "Response vs task time: $route"
 
     def one(legend: str) -> float:
-        (sample,) = scene.prometheus.query(_expand(queries[f"{title} / {legend}"], scene.window))
+        (sample,) = scene.prometheus.query(expand(queries[f"{title} / {legend}"], scene.window))
         return float(sample["value"][1])
 
     # A response that waited for its task would take the task's whole time: only a defect, not
@@ -242,23 +207,23 @@ def test_the_gap_panel_shows_fast_responses_and_slow_tasks(scene: Scene) -> None
     assert one("response p95") < EMAIL_SEND_SECONDS
     assert one("task p95") >= EMAIL_SEND_SECONDS
     assert one("task p50") >= EMAIL_SEND_SECONDS
-    ratio = scene.prometheus.query(_expand(queries["Gap: task p95 ÷ response p95 / {{route}}"], scene.window))
+    ratio = scene.prometheus.query(expand(queries["Gap: task p95 ÷ response p95 / {{route}}"], scene.window))
     assert _value(ratio, route=SEND_MAIL) > 1
 
 
 def test_the_failure_ratio_is_failures_over_tasks_sent(scene: Scene) -> None:
-    expr = _targets("background-tasks.json")["Failure ratio / {{task}}"]
-    result = scene.prometheus.query(_expand(expr, scene.window))
+    expr = panel_queries("background-tasks.json")["Failure ratio / {{task}}"]
+    result = scene.prometheus.query(expand(expr, scene.window))
     assert _value(result, task="import_rows") == pytest.approx(scene.imports_failed / scene.imports_sent, abs=1e-9)
     assert _value(result, task="charge_card") == pytest.approx(1.0)
     assert scene.imports_failed / scene.imports_sent == pytest.approx(1 / 3)
 
 
 def test_the_retries_panel_shows_one_retry_per_inventory_sync(scene: Scene) -> None:
-    expr = _targets("background-tasks.json")["Retries / {{task}} {{exception}}"]
-    retries = scene.prometheus.query(_expand(expr, scene.window))
+    expr = panel_queries("background-tasks.json")["Retries / {{task}} {{exception}}"]
+    retries = scene.prometheus.query(expand(expr, scene.window))
     succeeded = scene.prometheus.query(
-        _expand(
+        expand(
             'sum(rate(background_task_duration_seconds_count{task="sync_inventory", outcome="success"}[$__range]))',
             scene.window,
         )
@@ -274,23 +239,23 @@ def test_the_books_panels_show_the_drop_the_rejections_and_the_workers(scene: Sc
     prometheus = scene.prometheus
     assert _value(prometheus.query("sum(background_tasks_dropped_total)")) == 1
     assert _value(prometheus.query("sum(background_tasks_rejected_total)")) > 0
-    dashboard = _targets("background-tasks.json")
+    dashboard = panel_queries("background-tasks.json")
     lost = dashboard["Lost (scheduled - finished - dropped - pending - queued - unacked) / lost"]
-    assert _value(prometheus.query(_expand(lost, scene.window))) == 0  # every task is accounted for
-    service = _targets("service.json")
-    workers = prometheus.query(_expand(service["Workers / {{instance}}"], scene.window))
+    assert _value(prometheus.query(expand(lost, scene.window))) == 0  # every task is accounted for
+    service = panel_queries("service.json")
+    workers = prometheus.query(expand(service["Workers / {{instance}}"], scene.window))
     assert _value(workers, instance=scene.web) == 2
     assert _value(workers, instance=scene.worker) == 2  # prefork children
-    assert _value(prometheus.query(_expand(dashboard["Worker processes / {{instance}}"], scene.window))) == 2
-    up = prometheus.query(_expand(service["Target up / {{instance}}"], scene.window))
+    assert _value(prometheus.query(expand(dashboard["Worker processes / {{instance}}"], scene.window))) == 2
+    up = prometheus.query(expand(service["Target up / {{instance}}"], scene.window))
     assert _value(up, instance=scene.web) == _value(up, instance=scene.worker) == 1
 
 
 def test_the_queue_panels_show_the_queue_wait_and_an_empty_queue(scene: Scene) -> None:
-    queries = _targets("background-tasks.json")
+    queries = panel_queries("background-tasks.json")
 
     def one(title: str) -> float:
-        return _value(scene.prometheus.query(_expand(queries[title], scene.window)))
+        return _value(scene.prometheus.query(expand(queries[title], scene.window)))
 
     assert one("Queue wait vs task time / task p50") >= EMAIL_SEND_SECONDS
     assert 0 <= one("Queue wait vs task time / queue wait p50") < one("Queue wait vs task time / task p95")

@@ -31,7 +31,9 @@ def test_sigterm_finishes_running_tasks_and_counts_the_one_past_the_deadline(tmp
     finally:
         server.stop()
 
-    assert DRAIN_SECONDS <= took < DRAIN_SECONDS + 10, "the report was given up at the deadline, not killed later"
+    assert took >= DRAIN_SECONDS, "the running tasks were given the drain"
+    # Given up at the deadline, not killed later: gunicorn logs each SIGKILL past graceful_timeout.
+    # (No upper bound on the time: a busy machine stretches a shutdown without any defect in it.)
     assert "SIGKILL" not in server.stderr()
     assert sorted(server.log_file_lines()) == [f"Sent email to drain{i}@example.com: Welcome!" for i in range(5)]
     metrics = server.metrics_left_behind()

@@ -45,6 +45,7 @@ from harness import (
     wait_for,
     waiting_and_unacked,
 )
+from harness.queries import answers_on_one_worker_and_on_each
 
 TASK = {"task": "send_email", "route": "/send-mail/"}
 SERVER, PRODUCER, CONSUMER = 2, 4, 5
@@ -445,8 +446,16 @@ def test_a_task_cancelled_while_queued_never_runs_and_is_counted_once(queue: Que
     assert books(web, after, 0, 0) == 0  # settled: the broker is empty
     started = queue.cancel(ids[0])
     assert (started.status_code, started.json()) == (409, {"detail": "The task has started: it is succeeded"})
-    skipped = [line for line in worker.app_logs() if line["message"] == "background task cancelled: not run"]
-    assert [(line["task"], line["route"]) for line in skipped] == [("send_email", "/send-mail/")]
+
+    def skipped() -> list[tuple[str, str]]:
+        lines = worker.app_logs()
+        return [
+            (line["task"], line["route"]) for line in lines if line["message"] == "background task cancelled: not run"
+        ]
+
+    # Its skip may come after the other two have run: the worker takes messages on several threads.
+    wait_for(skipped, what="the cancelled task's skip")
+    assert skipped() == [("send_email", "/send-mail/")]
     # No task span for it: its trace holds the request and the enqueue.
     traces = [trace_id_of(response) for response in responses]
     wait_for(
@@ -744,14 +753,16 @@ def test_sigterm_finishes_running_tasks_within_the_deadline_or_requeues_them(
     email = f"sigterm-{task_seconds}@example.com"
     assert queue.send(email).status_code == 200
     wait_for(lambda: _running_child(worker), what="the task to start")
-    began = time.monotonic()
     assert worker.process is not None
     # A stop signal that comes twice (a group kill and a parent's, a supervisor that repeats)
     # still gives the running task its deadline: every library takes a second one as "stop now".
     worker.process.send_signal(signal.SIGTERM)
     time.sleep(0.5)
-    assert worker.stop(timeout=shutdown_seconds + 15) == 0
-    assert time.monotonic() - began < shutdown_seconds + 5
+    # Status 0 is a stop that ended by itself: one that outlives its deadline is SIGKILLed by the
+    # entry point, which logs it and exits with the kill's status. No wall-clock bound here: a busy
+    # machine stretches a shutdown without any defect in it.
+    assert worker.stop(timeout=shutdown_seconds + WORKER_STOP_GRACE_SECONDS + 15) == 0
+    assert [line for line in worker.app_logs() if "outlived its shutdown deadline" in line["message"]] == []
     # Back in the queue; on Dramatiq's Redis broker, held for the dead worker until its heartbeats
     # have stopped for the visibility timeout, then given back.
     back = (0, 1) if queue.backend == ("dramatiq", "redis") else (1, 0)
@@ -820,6 +831,14 @@ def test_one_then_three_workers_under_traffic_run_each_task_once_and_count_it_on
         assert scheduled == len(statuses) == runs - twice
         # Every instance reports the one broker's depth, the same.
         assert {w.metrics().get_value("background_tasks_queued") for w in (first, joining[1])} == {0}
+        # Every panel, alert and the trigger answer on the three workers' series as on one worker's
+        # (on this test's counts: earlier tests' workers are gone, their counts with them).
+        web = queue.web.metrics().counted_since(web_before)
+        workers = [first.metrics().counted_since(first_before), joining[0].metrics_left(), joining[1].metrics()]
+        one, each = answers_on_one_worker_and_on_each(queue.workdir / "queries", web, workers)
+        assert each == one
+        assert one["background_tasks_lost:sum"] == {"{}": f"{-twice:.9g}"}  # balanced: a second run is one more
+        assert one["KEDA trigger"] == {"{}": "0"}
     finally:
         for worker in joining:
             worker.stop()

@@ -25,9 +25,9 @@ from harness import (
     wait_for,
     waiting_and_unacked,
 )
+from harness.queries import SCALED_OBJECT, answers_on_one_worker_and_on_each, scaled_object
 
-KEDA = ROOT / "deploy" / "k8s" / "keda"
-SCALED_OBJECT = KEDA / "worker-scaledobject.yaml"
+KEDA = SCALED_OBJECT.parent
 WORKERS = 3
 EMAILS = 25
 BIN = Path(sys.executable).parent
@@ -38,18 +38,13 @@ def _check_schema(manifest: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
-def _scaled_object() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(SCALED_OBJECT.read_text())
-    return loaded
-
-
 def test_the_scaled_object_matches_kedas_schema_and_a_broken_copy_does_not() -> None:
     result = _check_schema(SCALED_OBJECT)
     assert result.returncode == 0, result.stdout + result.stderr
     broken = _check_schema(ROOT / "tests" / "data" / "scaledobject-broken.yaml")
     assert broken.returncode != 0
     assert "failureThreshold" in broken.stdout  # refused for the misspelt field, not for a missing file
-    spec = _scaled_object()["spec"]
+    spec = scaled_object()["spec"]
     worker = yaml.safe_load((ROOT / "deploy" / "k8s" / "worker.yaml").read_text())
     assert spec["scaleTargetRef"]["name"] == worker["metadata"]["name"]
     assert "replicas" not in worker["spec"]  # KEDA owns them
@@ -111,15 +106,22 @@ def test_the_trigger_reads_the_depth_once_however_many_workers_report_it(
             client = web.thread_client()
             for i in range(EMAILS):
                 assert client.post("/send-mail/", params={"email": f"scale-{i}@example.com"}).status_code == 200
-            _check_the_trigger(prometheus, env, broker)
+            depth = _check_the_trigger(prometheus, env, broker)
+        # Every panel, alert and the trigger answer on the three workers' series as on one worker's,
+        # with a depth that double-counting would show.
+        queries = tmp_path / "queries"
+        one, each = answers_on_one_worker_and_on_each(queries, web.metrics(), [w.metrics() for w in workers])
+        assert each == one
+        assert one["KEDA trigger"] == {"{}": f"{depth:.9g}"}
     finally:
         for worker in workers:
             worker.stop()
         web.stop()
 
 
-def _check_the_trigger(prometheus: Prometheus, env: dict[str, str], broker: Broker) -> None:
-    spec = _scaled_object()["spec"]
+def _check_the_trigger(prometheus: Prometheus, env: dict[str, str], broker: Broker) -> float:
+    """The trigger's value, checked."""
+    spec = scaled_object()["spec"]
     (trigger,) = spec["triggers"]
     waiting, unacked = _settled_depth(env)
     reports = f'count(background_tasks_queued{{job="background-tasks-worker"}} == {waiting}) == {WORKERS}'
@@ -138,6 +140,7 @@ def _check_the_trigger(prometheus: Prometheus, env: dict[str, str], broker: Brok
     # The dashboard's depth panel reads it once too.
     (panel,) = prometheus.query('max by (queue) (background_tasks_queued{job=~".*worker.*"})')
     assert float(panel["value"][1]) == waiting
+    return value
 
 
 def _settled_depth(env: dict[str, str]) -> tuple[float, float]:

@@ -14,7 +14,7 @@ from app.task_registry import TaskRegistry
 QUEUE = "celery"  # Celery's default queue
 # Celery's cluster features, which this template does not use: each keeps one more consumer on the
 # broker whose reconnect or shutdown path breaks when the broker dies (the heartbeat's publish to a
-# dead broker held a soft shutdown for ever; gossip failed to restart after a crash).
+# dead broker held a shutdown for ever; gossip failed to restart after a crash).
 SWITCHES = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 
 
@@ -33,7 +33,7 @@ def worker_command(settings: Settings, argv: list[str]) -> list[str]:  # noqa: A
 
 
 def worker_env(settings: Settings) -> dict[str, str]:  # noqa: ARG001 - the same for every setting
-    return {"REMAP_SIGTERM": "SIGQUIT"}  # SIGTERM as a soft shutdown: running tasks get their deadline
+    return {}
 
 
 def depth_reader(settings: Settings) -> Callable[[], Depth]:

@@ -13,8 +13,8 @@ make a queue lose nothing silently (docs/queues.md, "Celery in detail"):
   at once what the crash left unacknowledged: consumer.RestoreOrphans);
 - a time limit (TASK_TIME_LIMIT_SECONDS): Celery has none by default, and a hung task would hold
   its child for ever;
-- a soft shutdown: on SIGTERM, running tasks get WORKER_SHUTDOWN_SECONDS, then their messages go
-  back to the queue for another worker;
+- a bounded warm shutdown: on SIGTERM, running tasks get up to WORKER_SHUTDOWN_SECONDS, then a
+  cold shutdown gives their messages back to the queue for another worker (consumer.py);
 - publisher confirms on RabbitMQ: a publish returns once the broker holds the message.
 """
 
@@ -51,7 +51,6 @@ def create_celery(settings: Settings, tasks: TaskRegistry, *, producer: bool) ->
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
-        worker_soft_shutdown_timeout=settings.worker_shutdown_seconds,
         worker_concurrency=settings.worker_concurrency,
         worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
         worker_hijack_root_logger=False,

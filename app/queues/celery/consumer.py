@@ -14,6 +14,8 @@ broker crash left unacknowledged, and ``ConsumerAlive`` keeps the liveness file 
 import contextlib
 import logging
 import os
+import signal
+import threading
 from typing import Any
 
 from celery import Celery, Task, bootsteps, signals
@@ -202,17 +204,18 @@ class CeleryWorkerSignals:
             (signals.worker_process_shutdown, self.on_worker_process_shutdown),
             (signals.task_revoked, self.on_task_revoked),
             (signals.task_unknown, self.on_task_unknown),
+            (signals.worker_shutting_down, self.on_worker_shutting_down),
         ]
 
     def install(self) -> None:
         self._app.worker_processes = self.processes
         self._app.steps["consumer"].update({ConsumerAlive, RestoreOrphans})
-        for signal, handler in self._connected:
-            signal.connect(handler, weak=False)
+        for celery_signal, handler in self._connected:
+            celery_signal.connect(handler, weak=False)
 
     def uninstall(self) -> None:
-        for signal, handler in self._connected:
-            signal.disconnect(handler)
+        for celery_signal, handler in self._connected:
+            celery_signal.disconnect(handler)
         self._app.steps["consumer"].difference_update({ConsumerAlive, RestoreOrphans})
 
     def on_celeryd_init(self, instance: Any = None, **_: Any) -> None:
@@ -234,6 +237,16 @@ class CeleryWorkerSignals:
 
     def on_worker_process_shutdown(self, **_: Any) -> None:
         self.processes.at_child_exit()
+
+    def on_worker_shutting_down(self, how: str = "", **_: Any) -> None:
+        # A warm shutdown waits for running tasks however long they take; Celery's cold one (its
+        # SIGQUIT) gives their messages back. Celery's soft shutdown joins the two, but sleeps its
+        # whole timeout with its event loop held whenever a task was running (celery#9505): every
+        # stop took WORKER_SHUTDOWN_SECONDS, and tasks that ended meanwhile were given back too.
+        if how == "Warm":
+            cold = threading.Timer(self._settings.worker_shutdown_seconds, os.kill, (os.getpid(), signal.SIGQUIT))
+            cold.daemon = True
+            cold.start()
 
     def on_task_revoked(self, sender: Any = None, request: Any = None, **_: Any) -> None:
         # The sender is the task; the request is its context, which carries the headers, no name.
