@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from opentelemetry.trace import NoOpTracer
 
 from app.observability.backlog import Backlog
+from app.observability.books import Books
 from app.observability.context import WebTelemetry
 from app.observability.errors import start_sentry, stop_sentry
 from app.observability.instrumentation import instrument_app
@@ -17,12 +18,15 @@ from app.observability.metrics import Metrics
 from app.observability.middleware import RequestTelemetryMiddleware
 from app.observability.task_wrapper import install_task_wrapper
 from app.observability.tracing import make_tracer_provider, start_export
-from app.queues import backend_for
-from app.queues.task_states import task_states
+from app.queues.adapters import adapter
+from app.queues.backend import Backend
+from app.queues.broker import BrokerBackend
+from app.queues.inprocess import InProcess
+from app.queues.task_states import TaskStates, task_states
 from app.routes import operations_router, task_state_router, tutorial_router
 from app.scheduler import Scheduler
 from app.settings import Settings
-from app.task_registry import task_registry
+from app.task_registry import TaskRegistry, task_registry
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -88,3 +92,11 @@ def create_app(settings: Settings) -> FastAPI:
 def create_app_from_env() -> FastAPI:
     """The factory gunicorn loads in each worker."""
     return create_app(Settings())
+
+
+def backend_for(settings: Settings, tasks: TaskRegistry, books: Books, states: TaskStates | None) -> Backend:
+    """Without a broker, tasks run in the web worker after the response; with one, on TASK_QUEUE's."""
+    if settings.broker_url is None:
+        return InProcess(tasks)
+    producer = adapter(settings).producer(tasks)
+    return BrokerBackend(producer, books, states, timeout=settings.enqueue_timeout_seconds)

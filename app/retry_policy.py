@@ -1,4 +1,6 @@
-"""A task's retry policy, declared where the task is registered (app/task_registry.py).
+"""A task's retry policy: a heavy task's is part of its registration (app/task_registry.py); a
+light task's (a function of your own handed to FastAPI's BackgroundTasks) is given once with
+``with_policy``.
 
 It says which failures are worth another attempt and how long to wait before it. Each runner
 applies it with its own machinery (Celery's retry with a countdown, Dramatiq's Retries, RQ's
@@ -30,7 +32,7 @@ class RetryPolicy:
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not a secret
 
 
-_POLICY = "retry_policy"  # the attribute a registered function carries it in
+_POLICY = "retry_policy"  # the attribute a light task's function carries it in
 
 
 def with_policy(func: Callable[..., Any], policy: RetryPolicy | None) -> None:

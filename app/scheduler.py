@@ -13,7 +13,8 @@ from fastapi import BackgroundTasks, Depends, HTTPException, Request, Response, 
 
 from app.observability.books import Books
 from app.observability.context import current_request
-from app.queues.backend import NO_ROUTE, Backend, QueueUnavailable
+from app.queues.backend import Backend, QueueUnavailable
+from app.queues.envelope import NO_ROUTE
 
 QUEUE_UNAVAILABLE = "The task queue is unavailable; retry later."
 TASK_ID_HEADER = "X-Task-Id"

@@ -17,6 +17,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.queues.registry import QUEUE_LIBRARIES
+
 # Long enough to refuse the tutorial's "test123" and the usual placeholders ("changeme", "secret").
 MIN_TOKEN_LENGTH = 16
 # After the drain: time to flush spans and Sentry events before gunicorn's SIGKILL.
@@ -24,7 +26,6 @@ SHUTDOWN_FLUSH_SECONDS = 10
 # After WORKER_SHUTDOWN_SECONDS, the time a queue library may take to hand back and close.
 WORKER_STOP_GRACE_SECONDS = 10.0
 
-TASK_QUEUES = ("celery", "dramatiq", "rq")
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
 
 TracesSampler = Literal[
@@ -121,7 +122,8 @@ class Settings(BaseSettings):
         "Unset: they run in-process.",
     )
     task_queue: str = Field(
-        default="celery", description="`celery`, `dramatiq` or `rq` (Redis only): the library of `make worker`."
+        default=next(iter(QUEUE_LIBRARIES)),  # the first registered (app/queues/registry.py)
+        description="`celery`, `dramatiq` or `rq` (Redis only): the library of `make worker`.",
     )
     broker_management_url: AnyHttpUrl | None = Field(
         default=None,
@@ -212,17 +214,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _queue_fits_broker(self) -> "Settings":
-        if self.task_queue not in TASK_QUEUES:
+        if self.task_queue not in QUEUE_LIBRARIES:
             raise ValueError(
-                f"TASK_QUEUE={self.task_queue!r} is no queue library for BROKER_URL: use {', '.join(TASK_QUEUES)}"
+                f"TASK_QUEUE={self.task_queue!r} is no queue library for BROKER_URL: use {', '.join(QUEUE_LIBRARIES)}"
             )
         if self.broker_url is None:
             return self
         scheme = self.broker_url.scheme
         if scheme not in BROKER_SCHEMES:
             raise ValueError("BROKER_URL must be redis://…, rediss://…, amqp://… or amqps://…")
-        if self.task_queue == "rq" and not self.broker_on_redis:
-            raise ValueError("TASK_QUEUE=rq needs a Redis BROKER_URL (redis://…): RQ has no RabbitMQ broker")
+        brokers = QUEUE_LIBRARIES[self.task_queue].brokers
+        if {"rediss": "redis", "amqps": "amqp"}.get(scheme, scheme) not in brokers:
+            raise ValueError(f"TASK_QUEUE={self.task_queue} runs on {' or '.join(brokers)} only: set BROKER_URL to one")
         longest = max(self.task_time_limit_seconds, self.worker_shutdown_seconds)
         if self.queue_visibility_timeout_seconds <= longest:
             raise ValueError(
@@ -230,6 +233,12 @@ class Settings(BaseSettings):
                 f"({longest:g}), or Redis redelivers tasks that are still running"
             )
         return self
+
+    @property
+    def enqueue_attempt_seconds(self) -> float:
+        """One attempt to reach the broker from the web side: a third of the request's budget, so a
+        refused or hung connection fails in time for one retry, and the request still answers."""
+        return self.enqueue_timeout_seconds / 3
 
     @property
     def broker_on_redis(self) -> bool:

@@ -44,7 +44,7 @@ from app.observability.metrics import Metrics  # noqa: E402
 from app.observability.multiprocess import wipe  # noqa: E402
 from app.observability.output_relay import relay_in_thread  # noqa: E402
 from app.observability.worker_metrics import serve_worker_metrics  # noqa: E402
-from app.queues import adapter, worker_settings  # noqa: E402
+from app.queues.adapters import adapter, worker_settings  # noqa: E402
 from app.settings import WORKER_STOP_GRACE_SECONDS  # noqa: E402
 
 # A worker that dies at once (bad settings, no broker for its retries) is not started in a tight loop.
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
     configure_logging(settings.log_level, settings.log_format)
     logger = logging.getLogger(LOGGER_NAME)
     library = adapter(settings)
-    command = library.worker_command(settings, argv)
+    command = library.worker_command(argv)
     stop_by: float | None = None  # when a stop signal came: the deadline of the shutdown
     child: subprocess.Popen[bytes] | None = None
 
@@ -83,8 +83,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGRTMIN, signal.SIG_IGN)
     wipe(_METRICS_DIRECTORY)
     restarts_total = Metrics().worker_restarts  # made after the wipe; exported at zero from the start
-    serve_worker_metrics(settings, _METRICS_DIRECTORY, library.QUEUE, library.depth_reader(settings), logger)
-    env = {**os.environ, **library.worker_env(settings)}
+    serve_worker_metrics(settings, _METRICS_DIRECTORY, library.QUEUE, library.depth_reader(), logger)
+    env = {**os.environ, **library.worker_env()}
     restarts = 0
     while True:
         # A session of its own: a library signalling its process group never reaches this one.

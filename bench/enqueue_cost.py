@@ -15,8 +15,8 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from app.queues import adapter
-from app.queues.backend import Envelope
+from app.queues.adapters import adapter
+from app.queues.envelope import Envelope
 from app.queues.task_states import task_states
 from app.settings import Settings
 from app.task_registry import task_registry
@@ -57,7 +57,7 @@ def enqueue_breakdown(work: Path, backends: tuple[str, ...], otlp: OtlpReceiver)
         for db, backend in enumerate(backends, start=1):
             url = database_url(redis_server, db)
             settings = Settings(task_queue=backend, broker_url=url, log_file=work / "enqueue.log")  # type: ignore[arg-type]
-            producer = adapter(settings).producer(settings, task_registry(settings))
+            producer = adapter(settings).producer(task_registry(settings))
             states = task_states(settings)
             assert states is not None
 

@@ -19,9 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from app.queues import adapter
-from app.queues.backend import Envelope
-from app.queues.broker import Producer
+from app.queues.adapters import Producer, adapter
+from app.queues.envelope import Envelope
 from app.queues.task_states import TaskStates, task_states
 from app.settings import Settings
 from app.task_registry import task_registry
@@ -80,7 +79,7 @@ class Filler:
     def __init__(self, backend: str, variant: str, settings: Settings) -> None:
         self.fill: Callable[[int], None]
         if variant == "template":
-            producer: Producer = adapter(settings).producer(settings, task_registry(settings))
+            producer: Producer = adapter(settings).producer(task_registry(settings))
             states: TaskStates | None = task_states(settings)
 
             def fill(n: int) -> None:
@@ -143,7 +142,7 @@ class VariantWorker:
     def __init__(self, backend: str, variant: str, work: Path, env: dict[str, str], settings: Settings) -> None:
         self.backend, self.variant, self.work = backend, variant, work
         self.filler = Filler(backend, variant, settings)
-        self.depth = adapter(settings).depth_reader(settings)
+        self.depth = adapter(settings).depth_reader()
         self.template: QueueWorker | None = None
         self.process: subprocess.Popen[bytes] | None = None
         if variant == "template":

@@ -50,12 +50,14 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def spawn(args: list[str], env: dict[str, str] | None, log: Path, *, append: bool = False) -> "subprocess.Popen[bytes]":
+def spawn(
+    args: list[str], env: dict[str, str] | None, log: Path, *, append: bool = False, root: Path = ROOT
+) -> "subprocess.Popen[bytes]":
     """A server process from the project root, its output in `log`, stopped if the tests die."""
     with log.open("ab" if append else "wb") as out:
         return subprocess.Popen(
             args,
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=out,
             stderr=out,

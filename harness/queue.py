@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
+from _pytest.mark import ParameterSet
 
 from app.observability import multiprocess
-from app.queues import adapter
+from app.queues.adapters import adapter
+from app.queues.registry import QUEUE_LIBRARIES
 from app.settings import Settings
 from harness.logs import app_lines
 from harness.processes import children, die_with_parent, free_port, restartable_port, spawn, wait_for
@@ -188,7 +191,7 @@ def queue_settings(env: dict[str, str]) -> Settings:
 def waiting_and_unacked(env: dict[str, str]) -> tuple[float, float]:
     """The broker's depth as the worker's /metrics reports it, read here at once."""
     settings = queue_settings(env)
-    depth = adapter(settings).depth_reader(settings)()
+    depth = adapter(settings).depth_reader()()
     return depth.waiting, depth.unacked
 
 
@@ -281,3 +284,18 @@ def start_together(workers: list[QueueWorker]) -> list[QueueWorker]:
     for worker in workers:
         wait_for(worker._ready, timeout=60, what="the queue worker to be ready")
     return workers
+
+
+def backend_params(backends: list[tuple[str, str]]) -> list[ParameterSet]:
+    """Each (library, broker) as a test parameter, skipped where the library is not registered
+    (app/queues/registry.py): a removed backend's cases are skipped, not failed."""
+    return [
+        pytest.param(
+            (library, broker),
+            id=f"{library}-{broker}",
+            marks=pytest.mark.skipif(
+                library not in QUEUE_LIBRARIES, reason=f"{library} is not registered (app/queues/registry.py)"
+            ),
+        )
+        for library, broker in backends
+    ]

@@ -16,7 +16,7 @@ import httpx
 
 from app.observability.multiprocess import exposition
 from harness.logs import app_lines
-from harness.processes import children, free_port, spawn, wait_for
+from harness.processes import ROOT, children, free_port, spawn, wait_for
 from harness.prometheus import Metrics
 from harness.receivers import OtlpReceiver, SentryIngest
 
@@ -52,8 +52,11 @@ class Gunicorn:
         app: str | None = None,
         workers: int = 2,
         options: tuple[str, ...] = (),
+        *,
+        root: Path = ROOT,
     ) -> None:
         self.workdir = workdir
+        self.root = root  # the tree it runs from
         workdir.mkdir(parents=True, exist_ok=True)
         self.workers = workers
         self.port = free_port()
@@ -83,7 +86,7 @@ class Gunicorn:
         self._all_thread_clients: list[httpx.Client] = []
 
     def start(self) -> "Gunicorn":
-        self.process = spawn(self.args, self.env, self.stderr_path)
+        self.process = spawn(self.args, self.env, self.stderr_path, root=self.root)
         wait_for(self._all_workers_up, timeout=60, what="all gunicorn workers to finish startup")
         return self
 

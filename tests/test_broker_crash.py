@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from app.queues.registry import QUEUE_LIBRARIES
 from app.settings import WORKER_STOP_GRACE_SECONDS
 from harness import Gunicorn, Metrics, QueueWorker, RedisServer, children, wait_for
 
 TASK = {"task": "send_email", "route": "/send-mail/"}
 # The visibility timeout stays at its hour: nothing here may wait for it.
+pytestmark = pytest.mark.skipif("celery" not in QUEUE_LIBRARIES, reason="celery is not registered")
 ENV = {"EMAIL_SEND_SECONDS": "0.3", "WORKER_SHUTDOWN_SECONDS": "5"}
 
 

@@ -12,7 +12,6 @@ import yaml
 
 from app.observability import worker_metrics
 from app.observability.metrics import CATALOGUE, Metrics
-from app.retry_policy import retry_policy
 from app.settings import Settings
 from docs import generate
 from harness import PROMETHEUS_DIR, ROOT, Gunicorn, OtlpReceiver, wait_for
@@ -121,7 +120,7 @@ def test_every_python_block_in_the_docs_runs(tmp_path: Path) -> None:
     # The heavy task's registry: the template's send_email and the user's task, with its policy.
     tasks = _module("doc_registry", registry, tmp_path).task_registry(Settings())
     assert set(tasks) == {"send_email", "resize_image"}
-    policy = retry_policy(tasks["resize_image"])
+    policy = tasks["resize_image"].retry
     assert policy is not None
     assert (policy.max_attempts, policy.first_backoff_seconds) == (5, 2)
 

@@ -152,7 +152,7 @@ def test_every_line_of_the_celery_worker_and_its_children_is_one_json_object(tmp
     assert {line["trace_id"] for line in failures} == {r.headers["traceparent"].split("-")[1] for r in sent}
     messages = [line["message"] for line in lines]
     assert any(message.endswith(" ready.") for message in messages)
-    assert any("Cold shutdown (MainProcess)" in message for message in messages)
+    assert any("Warm shutdown (MainProcess)" in message for message in messages)
     if os.geteuid() == 0:
         assert any(line["logger"] == "py.warnings" for line in lines), "Celery's warning about root, as a line"
     assert "@example.com" not in worker.stderr(), "Celery's records carry the task's arguments"

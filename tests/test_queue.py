@@ -9,8 +9,11 @@ task's process killed, SIGTERM).
 """
 
 import collections
+import importlib
+import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -27,7 +30,6 @@ import pytest
 import redis
 from prometheus_client.mmap_dict import MmapedDict
 
-from app.queues.celery.app import create_celery
 from app.settings import WORKER_STOP_GRACE_SECONDS, Settings
 from harness import (
     TOKEN,
@@ -39,6 +41,7 @@ from harness import (
     RabbitMQServer,
     RedisServer,
     SentryIngest,
+    backend_params,
     log_lines,
     start_together,
     trace_id_of,
@@ -53,6 +56,7 @@ FAST = {"EMAIL_SEND_SECONDS": "0.02"}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FINAL = ("succeeded", "failed")
 WORKER_METRICS_TOKEN = "worker-metrics-token-0123456789"  # the harness scrapes with it
+IMPORT_TIME = re.compile(r"import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)\s*$")  # PYTHONPROFILEIMPORTTIME's
 CRASHES, CRASH_CLIENTS = 3, 2
 # Every supported (library, broker).
 BACKENDS = [
@@ -168,7 +172,7 @@ def books(web: Metrics, worker: Metrics, waiting: int, unacked: int) -> float:
     )
 
 
-@pytest.fixture(scope="module", params=BACKENDS, ids=["-".join(b) for b in BACKENDS])
+@pytest.fixture(scope="module", params=backend_params(BACKENDS))
 def queue(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
     library, broker_name = request.param
     workdir = tmp_path_factory.mktemp(f"queue-{library}-{broker_name}")
@@ -316,6 +320,17 @@ def test_one_trace_from_the_request_to_the_failing_queued_task(queue: Queue) -> 
         assert consumer.parent_span_id == producer.span_id
         assert consumer.attributes["messaging.system"] == queue.library
         assert consumer.attributes["messaging.message.id"] == producer.attributes["messaging.message.id"]
+        # OpenTelemetry's messaging conventions (1.44), as far as they fit a task queue.
+        queue_name = importlib.import_module(f"app.queues.{queue.library}.names").QUEUE
+        assert (consumer.attributes["messaging.operation.type"], consumer.attributes["messaging.operation.name"]) == (
+            "process",
+            "process",
+        )
+        assert consumer.attributes["messaging.destination.name"] == queue_name
+        assert consumer.attributes["error.type"] == "EmailDeliveryError"
+        if queue.library not in SPAN_NAMES:  # the PRODUCER span is ours, not the instrumentation's
+            assert producer.attributes["messaging.operation.name"] == "send"
+            assert producer.attributes["messaging.destination.name"] == queue_name
         assert consumer.status_code == 2
         assert consumer.event_names == ["exception"]  # recorded once, not by two layers
         assert consumer.attributes["background_task.name"] == "send_email"
@@ -711,6 +726,8 @@ def test_a_revoked_queued_task_is_counted_as_dropped_with_its_task_and_route(que
     web_before = queue.web.metrics()
     for i in range(3):
         assert queue.send(f"revoke-{i}@example.com").status_code == 200
+    from app.queues.celery.client import create_celery  # noqa: PLC0415 - Celery's test, where Celery is
+
     control = create_celery(Settings(broker_url=queue.broker.url), {}, producer=True)
     with control.connection_for_read() as connection:
         channel = connection.default_channel
@@ -842,6 +859,32 @@ def test_one_then_three_workers_under_traffic_run_each_task_once_and_count_it_on
     finally:
         for worker in joining:
             worker.stop()
+
+
+def test_a_worker_imports_no_web_framework(queue: Queue) -> None:
+    """Every process of a worker of each library, from its start through a task's run, imports
+    neither FastAPI nor Starlette: Python lists each import of each process it starts under
+    PYTHONPROFILEIMPORTTIME. (anyio does come in, with sentry-sdk, whose transport module checks
+    whether it is there; the template's own modules import it on the web side only, as
+    tests/test_layout.py checks.)"""
+    if queue.broker_name != "redis":
+        pytest.skip("the imports are the library's, whatever the broker")
+    env = {**queue.env, **FAST, "METRICS_TOKEN": WORKER_METRICS_TOKEN, "PYTHONPROFILEIMPORTTIME": "1"}
+    worker = QueueWorker(queue.workdir / "worker-imports", env).start()
+    try:
+        assert queue.send("imports@example.com").status_code == 200
+        wait_for(lambda: "imports@example.com" in queue.web.emails_sent(), what="the task run")
+    finally:
+        assert worker.stop() == 0
+    # Lines of a process's own, or relayed by the entry point in the message of a JSON record.
+    lines = [
+        part
+        for line in worker.stderr().splitlines()
+        for part in (json.loads(line)["message"] if line.startswith("{") else line).splitlines()
+    ]
+    imported = {match.group(1).split(".")[0] for line in lines if (match := IMPORT_TIME.match(line))}
+    assert {"app", queue.library} <= imported  # the listing is there
+    assert not imported & {"fastapi", "starlette"}
 
 
 def _ran(worker: QueueWorker) -> bool:

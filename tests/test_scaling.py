@@ -21,6 +21,7 @@ from harness import (
     QueueWorker,
     RabbitMQServer,
     RedisServer,
+    backend_params,
     start_prometheus,
     wait_for,
     waiting_and_unacked,
@@ -59,7 +60,7 @@ def _replicas(value: float, spec: dict[str, Any]) -> int:
     return int(min(max(wanted, spec["minReplicaCount"]), spec["maxReplicaCount"]))
 
 
-@pytest.fixture(params=[("celery", "redis"), ("dramatiq", "rabbitmq")], ids=["celery-redis", "dramatiq-rabbitmq"])
+@pytest.fixture(params=backend_params([("celery", "redis"), ("dramatiq", "rabbitmq")]))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict[str, str], Broker]]:
     library, broker_name = request.param
     broker: Broker = (RedisServer if broker_name == "redis" else RabbitMQServer)(tmp_path / "broker").start()

@@ -143,6 +143,8 @@ def observed_task(
         raise
     except Exception as exc:
         run.exception = type(exc).__name__
+        # OpenTelemetry's error.type: the class of error the run ended with (a retried attempt too).
+        guarded(telemetry, "span", partial(span.set_attribute, "error.type", type(exc).__qualname__))
         if contain:
             guarded(telemetry, "span", partial(_record_failure, span, exc))
         if retry is not None and retry.retries(attempt, exc):

@@ -29,11 +29,14 @@ from app.observability.backlog import Entry
 from app.observability.context import RequestRecord, current_request
 from app.observability.task_telemetry import Run, observed_task
 from app.retry_policy import RetryPolicy, retry_policy
+from app.task_registry import RegisteredTask
 
 _PATCHED = (BackgroundTask, BackgroundTasks, fastapi.background.BackgroundTasks)
 
 
 def task_name(func: Callable[..., Any]) -> str:
+    if isinstance(func, RegisteredTask):  # a heavy task run in process: its registry name
+        return func.name
     while isinstance(func, functools.partial):
         func = func.func
     return str(getattr(func, "__qualname__", type(func).__qualname__))
@@ -79,7 +82,7 @@ async def _attempts(record: RequestRecord, entry: Entry, task: BackgroundTask) -
     """The task's attempts: another after its backoff while its retry policy says so. The wait is
     a sleep on the event loop, holding no thread; the shutdown deadline cancels it, and the task,
     still open in the backlog, is dropped."""
-    policy = retry_policy(task.func)
+    policy = task.func.retry if isinstance(task.func, RegisteredTask) else retry_policy(task.func)
     attempt = 1
     while True:
         if task.is_async:

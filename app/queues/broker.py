@@ -5,23 +5,17 @@ state is tracked, its ``queued`` state is written first, in the same budget. Wha
 a library is its ``Producer``."""
 
 from contextlib import suppress
-from typing import Any, Protocol
+from typing import Any
 
 from anyio import CapacityLimiter, fail_after, to_thread
 from fastapi import BackgroundTasks
 from opentelemetry.sdk.trace import TracerProvider
 
 from app.observability.books import Books
-from app.queues.backend import Envelope, QueueUnavailable
+from app.queues.adapters import Producer
+from app.queues.backend import QueueUnavailable
+from app.queues.envelope import Envelope
 from app.queues.task_states import TaskStates
-
-
-class Producer(Protocol):
-    errors: tuple[type[BaseException], ...]  # what the library raises when the broker fails
-    max_senders: int  # publishes at once: its connection pool's size
-
-    def publish(self, name: str, args: tuple[Any, ...], envelope: Envelope) -> None: ...
-    def instrument(self, tracer_provider: TracerProvider) -> None: ...
 
 
 class BrokerBackend:

@@ -1,4 +1,4 @@
-"""Celery behind the seam (app/queues/__init__.py): its producer, its worker command and the
+"""Celery behind the seam (app/queues/adapters.py): its producer, its worker command and the
 broker's depth."""
 
 import os
@@ -7,52 +7,54 @@ from collections.abc import Callable
 
 from app.observability.worker_metrics import DEPTH_READ_TIMEOUT_SECONDS, Depth
 from app.queues import rabbitmq
-from app.queues.broker import Producer
+from app.queues.adapters import Adapter, Producer
+from app.queues.celery.names import QUEUE
+from app.queues.redis_depth import depth_client
 from app.settings import Settings
 from app.task_registry import TaskRegistry
 
-QUEUE = "celery"  # Celery's default queue
 # Celery's cluster features, which this template does not use: each keeps one more consumer on the
 # broker whose reconnect or shutdown path breaks when the broker dies (the heartbeat's publish to a
 # dead broker held a shutdown for ever; gossip failed to restart after a crash).
 SWITCHES = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 
 
-def producer(settings: Settings, tasks: TaskRegistry) -> Producer:
-    from app.queues.celery.producer import CeleryProducer  # noqa: PLC0415 - Celery loads only when chosen
+class CeleryAdapter(Adapter):
+    QUEUE = QUEUE
 
-    return CeleryProducer(settings, tasks)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
 
+    def producer(self, tasks: TaskRegistry) -> Producer:
+        from app.queues.celery.producer import CeleryProducer  # noqa: PLC0415 - Celery loads only when chosen
 
-def worker_command(settings: Settings, argv: list[str]) -> list[str]:  # noqa: ARG001 - the app reads them
-    # A node name of its own: Celery's default (celery@<host>) is the same for every worker on one
-    # host, and RabbitMQ gives the node's remote-control queue to one connection only, so a second
-    # worker there dies at start (RESOURCE_LOCKED). The entry point's pid survives the restarts.
-    node = f"--hostname=worker{os.getpid()}@%h"
-    return [sys.executable, "-m", "celery", "-A", "app.queues.celery.worker", "worker", *SWITCHES, node, *argv]
+        return CeleryProducer(self.settings, tasks)
 
+    def worker_command(self, argv: list[str]) -> list[str]:
+        # A node name of its own: Celery's default (celery@<host>) is the same for every worker on
+        # one host, and RabbitMQ gives the node's remote-control queue to one connection only, so a
+        # second worker there dies at start (RESOURCE_LOCKED). The entry point's pid survives the
+        # restarts.
+        node = f"--hostname=worker{os.getpid()}@%h"
+        return [sys.executable, "-m", "celery", "-A", "app.queues.celery.worker", "worker", *SWITCHES, node, *argv]
 
-def worker_env(settings: Settings) -> dict[str, str]:  # noqa: ARG001 - the same for every setting
-    return {}
+    def worker_env(self) -> dict[str, str]:
+        return {}
 
+    def depth_reader(self) -> Callable[[], Depth]:
+        if not self.settings.broker_on_redis:
+            return rabbitmq.depth_reader(self.settings, _ready_over_amqp(self.settings), QUEUE)
+        client = depth_client(self.settings)
 
-def depth_reader(settings: Settings) -> Callable[[], Depth]:
-    if not settings.broker_on_redis:
-        return rabbitmq.depth_reader(settings, _ready_over_amqp(settings), QUEUE)
-    import redis  # noqa: PLC0415
+        def read() -> Depth:
+            # kombu's Redis layout: a list per queue, and one hash of delivered, unacknowledged messages.
+            with client.pipeline() as pipe:
+                pipe.llen(QUEUE)
+                pipe.hlen("unacked")
+                waiting, unacked = pipe.execute()
+            return Depth(int(waiting), int(unacked))
 
-    timeout = DEPTH_READ_TIMEOUT_SECONDS
-    client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=timeout, socket_connect_timeout=timeout)
-
-    def read() -> Depth:
-        # kombu's Redis layout: a list per queue, and one hash of delivered, unacknowledged messages.
-        with client.pipeline() as pipe:
-            pipe.llen(QUEUE)
-            pipe.hlen("unacked")
-            waiting, unacked = pipe.execute()
-        return Depth(int(waiting), int(unacked))
-
-    return read
+        return read
 
 
 def _ready_over_amqp(settings: Settings) -> Callable[[tuple[str, ...]], int]:

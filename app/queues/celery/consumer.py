@@ -26,12 +26,14 @@ from celery.worker.state import task_ready
 from opentelemetry import trace
 
 from app.observability.logging import JsonFormatter, configure_logging
-from app.observability.task_telemetry import Run, guarded, observed_task
+from app.observability.task_telemetry import guarded
 from app.observability.worker_process import QueueWorkerTelemetry, WorkerProcesses
-from app.queues.backend import Envelope, TimeLimitExceeded
-from app.queues.celery.tracing import instrument_celery
-from app.queues.task_states import TaskCancelled, TaskStates, claim, record_end
-from app.retry_policy import retry_policy
+from app.queues.celery.client import instrument_celery
+from app.queues.celery.names import DESTINATION
+from app.queues.consumer import TimeLimitExceeded, observed_message
+from app.queues.envelope import Envelope
+from app.queues.task_states import TaskCancelled, TaskStates
+from app.retry_policy import RetryPolicy
 from app.settings import Settings
 
 
@@ -75,51 +77,39 @@ class ObservedTask(Task):
     """Every queued task's class: its run is observed like an in-process task's."""
 
     Request = CancellableRequest
+    task_retry: RetryPolicy | None = None  # its registered task's (client.py)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        telemetry = _telemetry(self.app)
-        states: TaskStates | None = getattr(self.app, "task_states", None)  # the worker's (worker.py)
         request = self.request
-        envelope = Envelope.read(request.headers, request.id)
-        attempt = request.retries + 1
-        telemetry.books.seen(self.name, envelope.route)
+        policy = self.task_retry
         try:
-            claim(telemetry, states, request.id, task=self.name, route=envelope.route, attempt=attempt)
+            # The CONSUMER span is the instrumentation's, begun before this call: given, not made.
+            with observed_message(
+                _telemetry(self.app),
+                DESTINATION,
+                self.name,
+                request.id,
+                request.headers,
+                arguments=(args, kwargs),
+                span=trace.get_current_span(),
+                redelivered=bool((request.delivery_info or {}).get("redelivered")),
+                requeued=(Retry,),
+                states=getattr(self.app, "task_states", None),  # the worker's (worker.py)
+                attempt=request.retries + 1,
+                retry=policy,
+            ) as run:
+                try:
+                    return self.run(*args, **kwargs)
+                except SoftTimeLimitExceeded as exc:
+                    limit = self.soft_time_limit or self.app.conf.task_soft_time_limit
+                    raise TimeLimitExceeded(f"{limit} s") from exc
         except TaskCancelled:
-            # Cancelled after CancellableRequest looked: the instrumentation's span has begun, and says so.
-            trace.get_current_span().set_attribute("background_task.outcome", "cancelled")
-            return None
-        if (request.delivery_info or {}).get("redelivered"):
-            telemetry.books.redelivered(self.name, envelope.route)
-        policy = retry_policy(self.run)
-        run = Run()
-        try:
-            try:
-                with observed_task(
-                    telemetry,
-                    trace.get_current_span(),
-                    self.name,
-                    envelope.route,
-                    start_delay=envelope.waited(),
-                    arguments=(args, kwargs),
-                    contain=False,
-                    requeued=(Retry,),
-                    # The standard messaging attributes, which the instrumentation leaves out of this span.
-                    span_attributes={"messaging.system": "celery", "messaging.message.id": request.id},
-                    attempt=attempt,
-                    retry=policy,
-                ) as run:
-                    try:
-                        return self.run(*args, **kwargs)
-                    except SoftTimeLimitExceeded as exc:
-                        limit = self.soft_time_limit or self.app.conf.task_soft_time_limit
-                        raise TimeLimitExceeded(f"{limit} s") from exc
-            finally:
-                record_end(telemetry, states, request.id, run)  # before a retry is published
+            return None  # cancelled after CancellableRequest looked: acknowledged, not run
         except Exception as exc:
             if run.retry_in is None or policy is None:
                 raise
-            # Celery's own retry: the same task id, published again with a countdown.
+            # Celery's own retry: the same task id, published again with a countdown, once the
+            # attempt's end is recorded.
             raise self.retry(exc=exc, countdown=run.retry_in, max_retries=policy.max_attempts - 1) from exc
 
 

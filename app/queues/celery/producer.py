@@ -6,9 +6,8 @@ from typing import Any
 from kombu.exceptions import OperationalError
 from opentelemetry.sdk.trace import TracerProvider
 
-from app.queues.backend import Envelope
-from app.queues.celery.app import create_celery
-from app.queues.celery.tracing import end_producer_span, instrument_celery, share_span_table
+from app.queues.celery.client import create_celery, end_producer_span, instrument_celery, share_span_table
+from app.queues.envelope import Envelope
 from app.settings import Settings
 from app.task_registry import TaskRegistry
 

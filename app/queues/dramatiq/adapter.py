@@ -1,4 +1,4 @@
-"""Dramatiq behind the seam (app/queues/__init__.py): its producer, its worker command and the
+"""Dramatiq behind the seam (app/queues/adapters.py): its producer, its worker command and the
 broker's depth."""
 
 import sys
@@ -6,60 +6,60 @@ from collections.abc import Callable
 
 from app.observability.worker_metrics import DEPTH_READ_TIMEOUT_SECONDS, Depth
 from app.queues import rabbitmq
-from app.queues.broker import Producer
+from app.queues.adapters import Adapter, Producer
+from app.queues.dramatiq.names import DELAY_QUEUE, QUEUE
+from app.queues.redis_depth import depth_client
 from app.settings import Settings
 from app.task_registry import TaskRegistry
 
-QUEUE = "default"  # Dramatiq's default queue (as broker.QUEUE, without importing Dramatiq here)
-DELAY_QUEUE = f"{QUEUE}.DQ"  # where Dramatiq keeps a delayed message (a retry) until it is due
 
+class DramatiqAdapter(Adapter):
+    QUEUE = QUEUE
 
-def producer(settings: Settings, tasks: TaskRegistry) -> Producer:  # noqa: ARG001 - sent by name
-    from app.queues.dramatiq.producer import DramatiqProducer  # noqa: PLC0415 - Dramatiq loads only when chosen
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
 
-    return DramatiqProducer(settings)
+    def producer(self, tasks: TaskRegistry) -> Producer:  # noqa: ARG002 - sent by name
+        from app.queues.dramatiq.producer import DramatiqProducer  # noqa: PLC0415 - Dramatiq loads only when chosen
 
+        return DramatiqProducer(self.settings)
 
-def worker_command(settings: Settings, argv: list[str]) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        "app.queues.dramatiq.worker:broker",
-        f"--processes={settings.worker_concurrency}",
-        f"--threads={settings.worker_threads}",
-        # SIGTERM: running tasks get this long, then their messages stay with the broker.
-        f"--worker-shutdown-timeout={int(settings.worker_shutdown_seconds * 1000)}",
-        "--skip-logging",  # each process logs as every other (app/observability/logging.py)
-        *argv,
-    ]
+    def worker_command(self, argv: list[str]) -> list[str]:
+        settings = self.settings
+        return [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "app.queues.dramatiq.worker:broker",
+            f"--processes={settings.worker_concurrency}",
+            f"--threads={settings.worker_threads}",
+            # SIGTERM: running tasks get this long, then their messages stay with the broker.
+            f"--worker-shutdown-timeout={int(settings.worker_shutdown_seconds * 1000)}",
+            "--skip-logging",  # each process logs as every other (app/observability/logging.py)
+            *argv,
+        ]
 
+    def worker_env(self) -> dict[str, str]:
+        # As many messages prefetched as threads: a busy process never sits on one another could start.
+        return {"dramatiq_queue_prefetch": str(self.settings.worker_threads)}
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    # As many messages prefetched as threads: a busy process never sits on one another could start.
-    return {"dramatiq_queue_prefetch": str(settings.worker_threads)}
+    def depth_reader(self) -> Callable[[], Depth]:
+        # A retry waits for its backoff in Dramatiq's delay queue: counted as the queue's.
+        if not self.settings.broker_on_redis:
+            return rabbitmq.depth_reader(self.settings, _ready_over_amqp(self.settings), QUEUE, DELAY_QUEUE)
+        client = depth_client(self.settings)
 
+        def read() -> Depth:
+            # Dramatiq's Redis layout, per queue: a list of waiting ids, and a hash of every message
+            # not yet acked.
+            with client.pipeline() as pipe:
+                for name in (QUEUE, DELAY_QUEUE):
+                    pipe.llen(f"dramatiq:{name}")
+                    pipe.hlen(f"dramatiq:{name}.msgs")
+                waiting, stored, delay_waiting, delay_stored = (int(n) for n in pipe.execute())
+            return Depth(waiting + delay_waiting, stored - waiting + delay_stored - delay_waiting)
 
-def depth_reader(settings: Settings) -> Callable[[], Depth]:
-    # A retry waits for its backoff in Dramatiq's delay queue: counted as the queue's.
-    if not settings.broker_on_redis:
-        return rabbitmq.depth_reader(settings, _ready_over_amqp(settings), QUEUE, DELAY_QUEUE)
-    import redis  # noqa: PLC0415
-
-    timeout = DEPTH_READ_TIMEOUT_SECONDS
-    client = redis.Redis.from_url(str(settings.broker_url), socket_timeout=timeout, socket_connect_timeout=timeout)
-
-    def read() -> Depth:
-        # Dramatiq's Redis layout, per queue: a list of waiting ids, and a hash of every message
-        # not yet acked.
-        with client.pipeline() as pipe:
-            for name in (QUEUE, DELAY_QUEUE):
-                pipe.llen(f"dramatiq:{name}")
-                pipe.hlen(f"dramatiq:{name}.msgs")
-            waiting, stored, delay_waiting, delay_stored = (int(n) for n in pipe.execute())
-        return Depth(waiting + delay_waiting, stored - waiting + delay_stored - delay_waiting)
-
-    return read
+        return read
 
 
 def _ready_over_amqp(settings: Settings) -> Callable[[tuple[str, ...]], int]:
@@ -68,7 +68,7 @@ def _ready_over_amqp(settings: Settings) -> Callable[[tuple[str, ...]], int]:
     import pika  # noqa: PLC0415 - Dramatiq's AMQP client
     from pika.exceptions import AMQPConnectionError, ChannelClosedByBroker  # noqa: PLC0415
 
-    from app.queues.dramatiq.broker import pika_url  # noqa: PLC0415
+    from app.queues.dramatiq.client import pika_url  # noqa: PLC0415
 
     parameters = pika.URLParameters(pika_url(settings, DEPTH_READ_TIMEOUT_SECONDS))
 

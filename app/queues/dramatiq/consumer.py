@@ -15,14 +15,12 @@ from dramatiq.middleware import TimeLimitExceeded as DramatiqTimeLimitExceeded
 
 from app.observability.logging import configure_logging
 from app.observability.worker_process import WorkerProcesses
-from app.queues.backend import TimeLimitExceeded
-from app.queues.spans import observed_message
+from app.queues.consumer import TimeLimitExceeded, observed_message
+from app.queues.dramatiq.names import DESTINATION, ENVELOPE
 from app.queues.task_states import TaskCancelled, TaskStates
-from app.retry_policy import retry_policy
 from app.settings import Settings
+from app.task_registry import RegisteredTask
 
-SYSTEM = "dramatiq"
-ENVELOPE = "envelope"  # the message option that carries it
 ACTOR_LOGGER = "dramatiq.actors"
 # Dramatiq's lines that name a message with its arguments (`send_email('a@example.com', …)`): the
 # actor's at DEBUG, the worker thread's when a task fails (observed_task logs that failure, without
@@ -67,11 +65,9 @@ class WorkerHooks(Middleware):
             self._stopping.wait(ALIVE_INTERVAL_SECONDS)
 
 
-def observed_actor(
-    processes: WorkerProcesses, states: TaskStates | None, name: str, func: Callable[..., None]
-) -> Callable[..., None]:
-    """The function Dramatiq runs for task ``name``: ``func`` observed."""
-    policy = retry_policy(func)
+def observed_actor(processes: WorkerProcesses, states: TaskStates | None, task: RegisteredTask) -> Callable[..., None]:
+    """The function Dramatiq runs for ``task``: its function observed."""
+    name, func, policy = task.name, task.run, task.retry
 
     def run(*args: Any, **kwargs: Any) -> None:
         telemetry = processes.telemetry
@@ -80,7 +76,7 @@ def observed_actor(
         try:
             with observed_message(
                 telemetry,
-                SYSTEM,
+                DESTINATION,
                 name,
                 message.message_id,
                 message.options.get(ENVELOPE),

@@ -9,9 +9,9 @@ from dramatiq.errors import BrokerError
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
-from app.queues.backend import Envelope
-from app.queues.dramatiq.broker import QUEUE, make_broker
-from app.queues.dramatiq.consumer import ENVELOPE, SYSTEM
+from app.queues.dramatiq.client import make_broker
+from app.queues.dramatiq.names import DESTINATION, ENVELOPE, QUEUE
+from app.queues.envelope import Envelope
 from app.queues.spans import publish_span, tracer
 from app.settings import Settings
 
@@ -28,7 +28,7 @@ class DramatiqProducer:
         self._tracer = tracer(tracer_provider)
 
     def publish(self, name: str, args: tuple[Any, ...], envelope: Envelope) -> None:
-        with publish_span(self._tracer, SYSTEM, name, envelope.task_id):
+        with publish_span(self._tracer, DESTINATION, name, envelope.task_id):
             options = {ENVELOPE: envelope.headers(with_trace=True)}
             message: Message[None] = Message(QUEUE, name, args, {}, options, message_id=envelope.task_id)
             self.broker.enqueue(message)

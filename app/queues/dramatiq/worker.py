@@ -9,22 +9,22 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from app.observability.worker_process import WorkerProcesses
-from app.queues import worker_settings
-from app.queues.dramatiq.broker import QUEUE, make_broker
+from app.queues.adapters import worker_settings
+from app.queues.dramatiq.client import make_broker
 from app.queues.dramatiq.consumer import WorkerHooks, observed_actor
+from app.queues.dramatiq.names import QUEUE
 from app.queues.task_states import task_states
-from app.retry_policy import retry_policy
 from app.task_registry import task_registry
 
 settings = worker_settings()
 processes = WorkerProcesses(settings, instrument=lambda _provider: None)  # spans: app/queues/spans.py
 broker = make_broker(settings, [CurrentMessage(), WorkerHooks(processes, settings)], producer=False)
 states = task_states(settings)
-for name, func in task_registry(settings).items():
-    policy = retry_policy(func)
+for task in task_registry(settings).values():
+    policy = task.retry
     declare = dramatiq.actor(
         broker=broker,
-        actor_name=name,
+        actor_name=task.name,
         queue_name=QUEUE,
         time_limit=int(settings.task_time_limit_seconds * 1000),
         # Dramatiq's Retries middleware applies the policy, with its own exponential backoff; the
@@ -39,4 +39,4 @@ for name, func in task_registry(settings).items():
             else {"max_retries": 0}
         ),
     )
-    declare(observed_actor(processes, states, name, func))
+    declare(observed_actor(processes, states, task))

@@ -1,3 +1,3 @@
-"""The RQ adapter, the only code that imports rq: what the seam asks of it (adapter.py), the web
-side's producer (producer.py), the job functions RQ imports (jobs.py), the worker class with its
-durability settings (worker.py) and RQ's settings module (config.py)."""
+"""The RQ adapter, the only code that imports rq, in the files every queue package has
+(docs/architecture.md): names.py, client.py (its queue), producer.py, consumer.py (the observed run
+and the worker class), worker.py (what `rq worker-pool` loads) and adapter.py."""

@@ -1,4 +1,4 @@
-"""The web side's RQ: enqueues a task by its registry name (a function of app/queues/rq/jobs.py)
+"""The web side's RQ: enqueues a task by its registry name (a function of app/queues/rq/worker.py)
 with its envelope in the job's meta and its retry policy as RQ's Retry, in a PRODUCER span."""
 
 from typing import Any
@@ -6,13 +6,13 @@ from typing import Any
 import redis
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
-from rq import Queue, Retry
+from rq import Retry
 
-from app.queues.backend import Envelope
-from app.queues.rq.adapter import QUEUE
-from app.queues.rq.jobs import ENVELOPE, SYSTEM, function_path
+from app.queues.envelope import Envelope
+from app.queues.rq.client import job_queue, producer_connection
+from app.queues.rq.names import DESTINATION, ENVELOPE, function_path
 from app.queues.spans import publish_span, tracer
-from app.retry_policy import RetryPolicy, retry_policy
+from app.retry_policy import RetryPolicy
 from app.settings import Settings
 from app.task_registry import TaskRegistry
 
@@ -22,20 +22,15 @@ class RQProducer:
     max_senders = 10
 
     def __init__(self, settings: Settings, tasks: TaskRegistry) -> None:
-        self._policies = {name: retry_policy(func) for name, func in tasks.items()}
-        # Each attempt to reach Redis gets a third of the request's budget.
-        attempt = settings.enqueue_timeout_seconds / 3
-        client = redis.Redis.from_url(
-            str(settings.broker_url), socket_timeout=attempt, socket_connect_timeout=attempt, max_connections=64
-        )
-        self._queue = Queue(QUEUE, connection=client, serializer="rq.serializers.JSONSerializer")
+        self._policies = {name: task.retry for name, task in tasks.items()}
+        self._queue = job_queue(producer_connection(settings))
         self._tracer: Tracer = tracer(None)
 
     def instrument(self, tracer_provider: TracerProvider) -> None:
         self._tracer = tracer(tracer_provider)
 
     def publish(self, name: str, args: tuple[Any, ...], envelope: Envelope) -> None:
-        with publish_span(self._tracer, SYSTEM, name, envelope.task_id):
+        with publish_span(self._tracer, DESTINATION, name, envelope.task_id):
             self._queue.enqueue_call(
                 function_path(name),
                 args=args,

@@ -24,7 +24,6 @@ from dramatiq.middleware import Middleware, default_middleware
 from app.queues.rabbitmq import virtual_host
 from app.settings import Settings
 
-QUEUE = "default"  # Dramatiq's default queue
 # Of a million broker commands, how many also run Dramatiq's maintenance, which gives back the
 # messages of workers whose heartbeats stopped (Dramatiq's default is a thousand: on an idle worker,
 # minutes after the visibility timeout). It reads one sorted set unless a worker is dead: cheap.
@@ -34,8 +33,7 @@ MAINTENANCE_CHANCE = 100_000
 def make_broker(settings: Settings, middleware: list[Middleware], *, producer: bool) -> Broker:
     assert settings.broker_url is not None
     url = str(settings.broker_url)
-    # On the web side each attempt to reach the broker gets a third of the request's budget.
-    attempt = settings.enqueue_timeout_seconds / 3
+    attempt = settings.enqueue_attempt_seconds
     stack = middleware if producer else [m() for m in default_middleware] + middleware
     if settings.broker_on_redis:
         options: dict[str, Any] = {"socket_timeout": attempt, "socket_connect_timeout": attempt} if producer else {}
