@@ -26,7 +26,7 @@ from celery.worker.state import task_ready
 from opentelemetry import trace
 
 from app.observability.logging import JsonFormatter, configure_logging
-from app.observability.task_telemetry import guarded
+from app.observability.task_telemetry import Run, guarded
 from app.observability.worker_process import QueueWorkerTelemetry, WorkerProcesses
 from app.queues.celery.client import instrument_celery
 from app.queues.celery.names import DESTINATION
@@ -82,6 +82,7 @@ class ObservedTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         policy = self.task_retry
+        run = Run()  # what an exception before the attempt leaves: no retry
         try:
             # The CONSUMER span is the instrumentation's, begun before this call: given, not made.
             with observed_message(

@@ -47,9 +47,12 @@ class RQAdapter(Adapter):
         queue = job_queue(depth_client(self.settings))
 
         def read() -> Depth:
-            # Waiting: in the queue, or a retry in the scheduled-job registry until its backoff ends;
-            # running: in the started-job registry until it ends.
-            waiting = queue.count + queue.scheduled_job_registry.count
-            return Depth(waiting, queue.started_job_registry.count)
+            # Waiting: in the queue; a retry in the scheduled-job registry until its backoff ends;
+            # or taken into the intermediate list and not started (for milliseconds, or stranded
+            # until a worker gives it back). Running: in the started-job registry until it ends.
+            running = set(queue.started_job_registry.get_job_ids())
+            taken = set(queue.intermediate_queue.get_job_ids()) - running
+            waiting = queue.count + queue.scheduled_job_registry.count + len(taken)
+            return Depth(waiting, len(running))
 
         return read
