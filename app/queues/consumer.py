@@ -82,7 +82,8 @@ def observed_message(
                 arguments=arguments,
                 contain=False,
                 requeued=requeued,
-                span_attributes=destination.attributes(message_id, "process"),
+                # A span made here has them from its start; the library's gets them now.
+                span_attributes=None if span is None else destination.attributes(message_id, "process"),
                 ran_before=ran_before,
                 attempt=attempt,
                 retry=retry,
