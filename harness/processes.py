@@ -25,25 +25,26 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
         time.sleep(0.05)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def restartable_port() -> int:
-    """A free port below the ephemeral range, for a server the tests stop and start again. While it
-    is down, clients retrying to reach it take ephemeral ports, and one can take the server's own
-    port (a localhost socket connected to itself), which the server then cannot bind again."""
+    """A free port below the ephemeral range, not handed out before by this process. A port the
+    kernel picks (bind to 0) is an ephemeral one: any client's outgoing connection could take it
+    before the server it was picked for binds it (a worker failed to start so, once in a suite),
+    or while a server the tests restart is down (a localhost socket connected to itself)."""
     lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     while True:
         port = random.randrange(10_000, lowest_ephemeral)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT.add(port)
+        return port
 
 
 def die_with_parent() -> None:

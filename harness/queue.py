@@ -21,7 +21,7 @@ from app.queues.adapters import adapter
 from app.queues.registry import QUEUE_LIBRARIES
 from app.settings import Settings
 from harness.logs import app_lines
-from harness.processes import children, die_with_parent, free_port, restartable_port, spawn, wait_for
+from harness.processes import children, die_with_parent, free_port, spawn, wait_for
 from harness.prometheus import Metrics
 
 
@@ -32,7 +32,7 @@ class RedisServer:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = restartable_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,7 +82,7 @@ class RabbitMQServer:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port, self.management_port, self.dist_port = restartable_port(), restartable_port(), restartable_port()
+        self.port, self.management_port, self.dist_port = free_port(), free_port(), free_port()
         self.process: subprocess.Popen[bytes] | None = None
         user = pwd.getpwnam("rabbitmq")
         # Its own directory, outside pytest's (which only root may enter); removed at the end.

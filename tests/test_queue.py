@@ -48,6 +48,7 @@ from harness import (
     wait_for,
     waiting_and_unacked,
 )
+from harness.proxy import HoldingProxy
 from harness.queries import answers_on_one_worker_and_on_each
 
 TASK = {"task": "send_email", "route": "/send-mail/"}
@@ -57,7 +58,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FINAL = ("succeeded", "failed")
 WORKER_METRICS_TOKEN = "worker-metrics-token-0123456789"  # the harness scrapes with it
 IMPORT_TIME = re.compile(r"import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)\s*$")  # PYTHONPROFILEIMPORTTIME's
-CRASHES, CRASH_CLIENTS = 3, 2
+CRASHES, CRASH_CLIENTS = 2, 2
 # Every supported (library, broker).
 BACKENDS = [
     ("celery", "redis"),
@@ -235,8 +236,8 @@ def settled(
 
 def test_counts_are_exact_across_web_workers_and_worker_processes(queue: Queue) -> None:
     web_before, worker_before = queue.web.metrics(), queue.default_worker().metrics()
-    # RQ forks a work horse per task: a thousand of them, and the counts stay exact.
-    emails = [f"count-{i}-{uuid.uuid4().hex[:6]}@example.com" for i in range(1000 if queue.library == "rq" else 240)]
+    # RQ forks a work horse per task: five hundred of them, and the counts stay exact.
+    emails = [f"count-{i}-{uuid.uuid4().hex[:6]}@example.com" for i in range(500 if queue.library == "rq" else 240)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         responses = list(pool.map(queue.send, emails))
     assert [r.status_code for r in responses] == [200] * len(emails)
@@ -669,6 +670,37 @@ def test_rq_jobs_stranded_in_the_intermediate_list_by_a_broker_crash_go_back_at_
     assert [line["jobs"] for line in worker.app_logs() if line["message"].startswith("jobs stranded")] == [1]
 
 
+def test_a_message_celery_took_from_redis_as_the_broker_crashed_runs(queue: Queue) -> None:
+    """kombu takes a message with BRPOP, then records it as unacknowledged in a second round trip:
+    a crash between the two left it nowhere. The worker keeps it and gives it back."""
+    if queue.backend != ("celery", "redis"):
+        pytest.skip("kombu's acknowledgements emulated on Redis")
+    queue.stop_worker()
+    logged_before = len(queue.worker.app_logs()) if queue.worker is not None else 0  # its directory's
+    with HoldingProxy(queue.broker.port) as proxy:
+        worker = queue.start_worker(BROKER_URL=proxy.url)
+        try:
+            proxy.hold_next_delivery()
+            assert queue.send("crashed@example.com").status_code == 200
+            assert proxy.holding.wait(timeout=30), "the message taken"
+            queue.broker.crash()
+            proxy.release()  # the worker holds the message, and Redis is gone for its next command
+            time.sleep(2.0)
+            queue.broker.start()
+            wait_for(lambda: "crashed@example.com" in queue.web.emails_sent(), timeout=60, what="the task run")
+            metrics = wait_for(
+                lambda: (m := worker.metrics()).get_value("background_task_duration_seconds_count", **TASK) == 1 and m,
+                what="the run counted",
+            )
+        finally:
+            queue.stop_worker()
+    assert metrics.get_value("background_task_failures_total", **TASK) == 0
+    assert queue.web.emails_sent().count("crashed@example.com") == 1
+    assert queue.depth() == (0, 0)
+    logged = worker.app_logs()[logged_before:]
+    assert [line["messages"] for line in logged if line["message"].startswith("messages ")] == [1]
+
+
 def _sentry_events(queue: Queue, exception: str) -> list[dict[str, Any]]:
     """The task's Sentry events for ``exception``: the last of an event's chain, the one raised."""
     return [
@@ -932,7 +964,10 @@ def test_broker_crashes_under_traffic_lose_nothing_count_everything_and_print_on
 
     # RQ's retries of runs the crash cut wait for its scheduler, which the crash killed too (its
     # lock expires after 61 s), and its stranded jobs for a heartbeat: longer on a busy machine.
-    wait_for(lambda: accepted <= set(sent()), timeout=180, what="every accepted email sent")
+    try:
+        wait_for(lambda: accepted <= set(sent()), timeout=180, what="every accepted email sent")
+    except AssertionError as lost:
+        raise AssertionError(f"{lost}: not sent {sorted(accepted - set(sent()))}, broker {queue.depth()}") from None
 
     def counted() -> Metrics | None:
         change = worker.metrics().since(worker_before)

@@ -8,10 +8,12 @@ queue wait, so the labels match the in-process ones.
 ``CeleryWorkerSignals`` connects Celery's signals to the worker-process lifecycle
 (app/observability/worker_process.py) and to the books; ``uninstall`` disconnects them. Two
 consumer bootsteps run at each connection to the broker: ``RestoreOrphans`` gives back what a
-broker crash left unacknowledged, and ``ConsumerAlive`` keeps the liveness file fresh.
+broker crash left unacknowledged (and what it cut off as the worker took it: ``RedisTransport``),
+and ``ConsumerAlive`` keeps the liveness file fresh.
 """
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -23,6 +25,7 @@ from celery.apps import worker as celery_worker
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from celery.worker.state import task_ready
+from kombu.transport import redis as kombu_redis
 from opentelemetry import trace
 
 from app.observability.logging import JsonFormatter, configure_logging
@@ -141,6 +144,37 @@ class ConsumerAlive(bootsteps.StartStopStep):
     shutdown = stop
 
 
+# Messages a worker took from Redis and could not record as unacknowledged, by delivery tag: what
+# RestoreOrphans records and gives back at the next connection.
+_UNRECORDED: dict[str, str] = {}
+
+
+class _RecordingQoS(kombu_redis.QoS):
+    def append(self, message: Any, delivery_tag: str) -> None:
+        try:
+            super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
+        except self.channel.connection_errors:
+            delivery = message.delivery_info
+            _UNRECORDED[delivery_tag] = json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+            raise
+
+
+class _RecordingChannel(kombu_redis.Channel):
+    QoS = _RecordingQoS
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport, whose worker keeps what it took as the broker went away.
+
+    kombu takes a message with BRPOP, then records it in its `unacked` hash in a second round trip:
+    a crash between the two (a millisecond per message on a busy worker, hit in one of a few crash
+    runs) left it in no list, never run. The taken message is still in the worker's memory then:
+    kept here, and given back by RestoreOrphans once the broker answers again.
+    """
+
+    Channel = _RecordingChannel
+
+
 class RestoreOrphans(bootsteps.StartStopStep):
     """After each connection to Redis, gives back the messages delivered before Redis last started.
 
@@ -149,7 +183,8 @@ class RestoreOrphans(bootsteps.StartStopStep):
     never be acknowledged, and kombu alone would give it back only after the visibility timeout.
     A message delivered before the broker's start is such an orphan whatever worker took it, so any
     worker may give it back, and kombu's `restore_by_tag` makes two workers doing so restore it once.
-    A task that was running runs again: a redelivery, counted as one.
+    A task that was running runs again: a redelivery, counted as one. What this worker took and
+    could not record (RedisTransport) is recorded first, as delivered at time 0: an orphan too.
     """
 
     requires = ("celery.worker.consumer.connection:Connection",)
@@ -161,6 +196,11 @@ class RestoreOrphans(bootsteps.StartStopStep):
             return
         channel = parent.connection.default_channel
         client = channel.client
+        for tag, payload in list(_UNRECORDED.items()):
+            # Not overwritten if it was recorded after all (the reply lost, not the command).
+            pipe = client.pipeline().hsetnx(channel.unacked_key, tag, payload)
+            pipe.zadd(channel.unacked_index_key, {tag: 0}).execute()
+            del _UNRECORDED[tag]
         seconds, _micro = client.time()
         broker_started = seconds - client.info("server")["uptime_in_seconds"]
         orphans = client.zrangebyscore(channel.unacked_index_key, 0, broker_started - self.CLOCK_SKEW_SECONDS)
@@ -168,7 +208,14 @@ class RestoreOrphans(bootsteps.StartStopStep):
             channel.qos.restore_by_tag(tag, client)
         if orphans:
             _telemetry(parent.app).logger.warning(
-                "messages delivered before the broker restarted given back", extra={"messages": len(orphans)}
+                "messages of a lost connection given back", extra={"messages": len(orphans)}
+            )
+
+    def shutdown(self, parent: Any) -> None:
+        if _UNRECORDED:  # the broker never answered again before the stop
+            _telemetry(parent.app).logger.error(
+                "messages taken as the broker went away lost: it did not answer again before the stop",
+                extra={"messages": len(_UNRECORDED)},
             )
 
 
@@ -200,6 +247,8 @@ class CeleryWorkerSignals:
 
     def install(self) -> None:
         self._app.worker_processes = self.processes
+        if self._settings.broker_on_redis:
+            self._app.conf.broker_transport = f"{__name__}:{RedisTransport.__name__}"
         self._app.steps["consumer"].update({ConsumerAlive, RestoreOrphans})
         for celery_signal, handler in self._connected:
             celery_signal.connect(handler, weak=False)
