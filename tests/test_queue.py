@@ -811,7 +811,8 @@ def test_sigterm_finishes_running_tasks_within_the_deadline_or_requeues_them(
     # Status 0 is a stop that ended by itself: one that outlives its deadline is SIGKILLed by the
     # entry point, which logs it and exits with the kill's status. No wall-clock bound here: a busy
     # machine stretches a shutdown without any defect in it.
-    assert worker.stop(timeout=shutdown_seconds + WORKER_STOP_GRACE_SECONDS + 15) == 0
+    status = worker.stop(timeout=shutdown_seconds + WORKER_STOP_GRACE_SECONDS + 15)
+    assert status == 0, worker.stderr()[printed_before:][-4000:]  # what the stop did, if it did not end
     assert "outlived its shutdown deadline" not in worker.stderr()[printed_before:]
     # Back in the queue; on Dramatiq's Redis broker, held for the dead worker until its heartbeats
     # have stopped for the visibility timeout, then given back.
