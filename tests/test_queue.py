@@ -695,6 +695,7 @@ def test_a_message_celery_took_from_redis_as_the_broker_crashed_runs(queue: Queu
         finally:
             queue.stop_worker()
     assert metrics.get_value("background_task_failures_total", **TASK) == 0
+    assert metrics.get_value("background_task_redeliveries_total", **TASK) == 1  # given back, as a crash's are
     assert queue.web.emails_sent().count("crashed@example.com") == 1
     assert queue.depth() == (0, 0)
     logged = worker.app_logs()[logged_before:]
