@@ -11,29 +11,9 @@ from types import TracebackType
 from harness.processes import free_port
 
 
-def _reply_end(data: bytes, start: int = 0) -> int | None:
-    """Where the RESP reply that begins at ``start`` ends, or None if ``data`` holds only part of it."""
-    line_end = data.find(b"\r\n", start)
-    if line_end < 0:
-        return None
-    kind, value = data[start : start + 1], data[start + 1 : line_end]
-    after = line_end + 2
-    if kind == b"$":
-        length = int(value)
-        end = after + length + 2 if length >= 0 else after
-        return end if len(data) >= end else None
-    if kind == b"*":
-        for _ in range(max(int(value), 0)):
-            element_end = _reply_end(data, after)
-            if element_end is None:
-                return None
-            after = element_end
-    return after
-
-
 class HoldingProxy:
     """127.0.0.1:<port> → 127.0.0.1:``target``. Armed, it holds the next BRPOP reply that carries a
-    message, once it has arrived whole, until ``release``."""
+    message until ``release``."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -91,23 +71,21 @@ class HoldingProxy:
         on_brpop: Callable[[], None] | None,
         brpop_sent: threading.Event | None,
     ) -> None:
-        pending = b""
         try:
             while data := source.recv(65536):
                 if on_brpop is not None and b"BRPOP" in data:
                     on_brpop()
-                if brpop_sent is None or not brpop_sent.is_set() or not self._armed.is_set():
-                    sink.sendall(data)
-                    continue
-                pending += data
-                if _reply_end(pending) is None:
-                    continue  # handed on whole, or the worker would never hold the message
-                if pending.startswith(b"*2\r\n") and self._armed.is_set():
+                if (
+                    brpop_sent is not None
+                    and brpop_sent.is_set()
+                    and data.startswith(b"*2\r\n")
+                    and self._armed.is_set()
+                ):
+                    # The rest of the reply, if it came apart, waits in this socket, crash or not.
                     self._armed.clear()
                     self.holding.set()
                     self._released.wait()
-                sink.sendall(pending)
-                pending = b""
+                sink.sendall(data)
         except OSError:
             pass
         finally:
