@@ -357,4 +357,6 @@ def _figures(rates: dict[str, list[float]], cpu: dict[str, list[float]]) -> dict
         },
         "template_vs_bare": ratio("template", "bare"),
         "template_vs_stock": ratio("template", "stock"),
+        # Bare over template: 1.0 is no cost, as the throughput ratios read.
+        "cpu_bare_vs_template": statistics.median(b / t for b, t in zip(cpu["bare"], cpu["template"], strict=True)),
     }

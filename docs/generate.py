@@ -126,6 +126,7 @@ def performance(results: dict[str, Any]) -> str:
             rows.append(row(f"web, everything on vs bare, {float(rate):.0%} of traces", "", _ratio(value)))
     for key, label in (
         ("worker_vs_bare", "worker vs the bare library"),
+        ("worker_cpu_vs_bare", "worker CPU per task, bare ÷ template"),
         ("worker_vs_stock", "worker vs the library's stock instrumentation"),
         ("enqueue_vs_inprocess", "`/send-mail/` enqueued vs in-process"),
     ):

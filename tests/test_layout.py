@@ -27,6 +27,7 @@ ADAPTERS = {
     "rq": {"rq", "redis"},
     "task_states.py": {"redis"},  # every library's task state, in Redis
     "redis_depth.py": {"redis"},  # every library's queue depth on Redis
+    "redis_client.py": {"redis"},  # every Redis client of the template (RQ's connection class too)
 }
 # The files of every queue package, each with one role (docs/architecture.md).
 PACKAGE_FILES = {"__init__.py", "names.py", "client.py", "producer.py", "consumer.py", "worker.py", "adapter.py"}

@@ -82,15 +82,43 @@ class TaskArgumentsFilter(logging.Filter):
         return True
 
 
+# The queue libraries' line per task run ("received", "succeeded", "Job OK", its result's
+# lifetime): each run is a metric sample and a span already, and the template logs a success at
+# DEBUG; so do these, shown with LOG_LEVEL=DEBUG. A million tasks a day were two million lines.
+_PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")  # nothing else at INFO
+_RQ_PER_JOB_LINES = frozenset(
+    {
+        "Worker %s: %s: %s",
+        "Worker %s: %s: %s (%s)",
+        "Worker %s: job %s result discarded immediately",
+        "Worker %s: job %s result is kept for %s seconds",
+        "Worker %s: job %s result will never expire, clean up result key manually",
+    }
+)
+
+
+class RQPerJobLines(logging.Filter):
+    """RQ's worker logs its start and stop on the same logger as its line per job: only those go."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.msg in _RQ_PER_JOB_LINES)
+
+
 def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
-    """The dictConfig of every process: the app's loggers at LOG_LEVEL, the servers' at INFO or above."""
+    """The dictConfig of every process: the app's loggers at LOG_LEVEL, the servers' at INFO or
+    above, the queue libraries' line per task at DEBUG."""
     server_level = logging.getLevelName(max(logging.getLevelName(level), _SERVER_LEVEL_FLOOR))
+    per_task = level == "DEBUG"
     formatter = JsonFormatter if log_format == "json" else TextFormatter
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"line": {"()": formatter}},
-        "filters": {"trace_ids": {"()": TraceIdsFilter}, "task_arguments": {"()": TaskArgumentsFilter}},
+        "filters": {
+            "trace_ids": {"()": TraceIdsFilter},
+            "task_arguments": {"()": TaskArgumentsFilter},
+            "rq_per_job": {"()": RQPerJobLines},
+        },
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -106,6 +134,8 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
             # No handler, so uvicorn's access log (full path, query string included) stays off even
             # though uvicorn-worker copies these handlers; ACCESS_LOG=true logs through app.access.
             "gunicorn.access": {"handlers": [], "propagate": False},
+            **{name: {"level": "DEBUG" if per_task else "WARNING"} for name in _PER_TASK_LOGGERS},
+            "rq.worker": {"filters": [] if per_task else ["rq_per_job"]},
         },
     }
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -138,9 +138,10 @@ class _DropCounter(logging.Filter):
         return True
 
 
-def start_export(provider: TracerProvider, settings: Settings, metrics: Metrics) -> None:
+def span_processor(settings: Settings, metrics: Metrics) -> SpanProcessor | None:
+    """The batch processor exporting over OTLP, or None without an endpoint."""
     if settings.otel_exporter_otlp_endpoint is None:
-        return
+        return None
     endpoint = str(settings.otel_exporter_otlp_endpoint).rstrip("/") + "/v1/traces"
     processor_logger = logging.getLogger(_BATCH_PROCESSOR_LOGGER)
     for stale in [f for f in processor_logger.filters if isinstance(f, _DropCounter)]:
@@ -148,11 +149,15 @@ def start_export(provider: TracerProvider, settings: Settings, metrics: Metrics)
     processor_logger.addFilter(_DropCounter(metrics))
     # Its "Shutdown called" line is INFO: below the default WARNING, the filter would never see it.
     processor_logger.setLevel(min(processor_logger.getEffectiveLevel(), logging.INFO))
-    provider.add_span_processor(
-        BatchSpanProcessor(
-            _CountingExporter(OTLPSpanExporter(endpoint=endpoint), metrics, include_pii=settings.telemetry_include_pii)
-        )
+    return BatchSpanProcessor(
+        _CountingExporter(OTLPSpanExporter(endpoint=endpoint), metrics, include_pii=settings.telemetry_include_pii)
     )
+
+
+def start_export(provider: TracerProvider, settings: Settings, metrics: Metrics) -> None:
+    processor = span_processor(settings, metrics)
+    if processor is not None:
+        provider.add_span_processor(processor)
 
 
 def traceparent(span: trace.Span) -> bytes | None:

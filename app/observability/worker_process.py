@@ -10,26 +10,31 @@ A queue adapter calls these named hooks from its library's own events:
   instrumentation;
 - ``at_child_exit``, when such a process stops or is recycled: its spans and Sentry events
   flushed;
-- ``in_job_process`` and ``child_reaped``, where a process is forked for each task (RQ): its
-  pid's old files folded before it writes, its own after it exits.
+- ``before_job_fork``, ``in_job_process``, ``at_job_exit`` and ``child_reaped``, where a
+  process is forked for each task (RQ): its pid's old files folded before it writes, its own after
+  it exits; its spans handed to the process that forked it, which exports them (span_relay.py).
 The entry point (app/worker_main.py) owns the metrics directory and serves ``/metrics``
 (worker_metrics.py), folding the files of dead processes at each scrape.
 """
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
 from app.observability import multiprocess
 from app.observability.books import Books
-from app.observability.errors import start_sentry, stop_sentry
+from app.observability.errors import start_sentry, stop_sentry, stop_sentry_if_reported
+from app.observability.job_relay import JobRelay, RelayingSpanProcessor, recorded, replay
 from app.observability.logging import LOGGER_NAME
 from app.observability.metrics import Metrics
-from app.observability.tracing import make_tracer_provider, start_export
+from app.observability.task_telemetry import guarded
+from app.observability.tracing import make_tracer_provider, span_processor
 from app.settings import Settings
 
 
@@ -45,6 +50,9 @@ class QueueWorkerTelemetry:
     tracer_provider: TracerProvider | None = None
 
 
+_COUNTED_BY_PARENT = frozenset({"tasks_in_progress"})
+
+
 class WorkerProcesses:
     def __init__(
         self,
@@ -57,6 +65,10 @@ class WorkerProcesses:
         self._directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
         self._telemetry: QueueWorkerTelemetry | None = None
         self._main_pid = 0
+        self._relay = JobRelay()
+        self._spans: RelayingSpanProcessor | None = None
+        self._job_task = ""  # the task of the process last forked for one
+        self._inherited: QueueWorkerTelemetry | None = None  # in that process: its parent's telemetry
 
     @property
     def telemetry(self) -> QueueWorkerTelemetry:
@@ -85,18 +97,57 @@ class WorkerProcesses:
         telemetry.metrics.worker_processes.set(1)
         if not self._settings.otel_sdk_disabled:
             provider = make_tracer_provider(self._settings)
-            start_export(provider, self._settings, telemetry.metrics)
+            processor = span_processor(self._settings, telemetry.metrics)
+            if processor is not None:
+                self._spans = RelayingSpanProcessor(processor, self._relay, provider.resource)
+                provider.add_span_processor(self._spans)
             self._instrument(provider)
             telemetry.tracer_provider = provider
 
+    def before_job_fork(self, task: str) -> None:
+        """Before a process is forked for ``task``: the pipe it hands its telemetry over, and the
+        task counted in progress until it is reaped (the process's own count reaches this one
+        only once it has exited)."""
+        self._relay.open()
+        self.telemetry.metrics.tasks_in_progress.labels(task).inc()
+        self._job_task = task
+
     def in_job_process(self) -> None:
-        """In a process forked for one task (RQ's work horse): it inherits the telemetry, but not
-        the files of a dead process that had its pid, which are folded first."""
-        multiprocess.merge_dead_worker(self._directory, os.getpid())
+        """In a process forked for one task (RQ's work horse): it inherits the telemetry, and its
+        spans and metric calls are held for its parent (job_relay.py)."""
+        if not self._relay.in_horse():
+            multiprocess.merge_dead_worker(self._directory, os.getpid())  # before it writes files
+            return
+        self._inherited = telemetry = self.telemetry
+        metrics = recorded(telemetry.metrics, self._relay.calls)
+        books = Books(metrics, telemetry.logger, queue_worker=True)
+        self._telemetry = dataclasses.replace(telemetry, metrics=metrics, books=books)
+
+    def at_job_exit(self) -> None:
+        """In that process, as it exits: its spans and metric calls to its parent (or exported and
+        written here if they are too many for the pipe, in files of its own: those of a dead
+        process that had its pid folded first), its Sentry event sent if it has one."""
+        if self._inherited is not None and not self._relay.hand_over():
+            multiprocess.merge_dead_worker(self._directory, os.getpid())
+            self._telemetry = self._inherited
+            replay(self._inherited.metrics, self._relay.calls)
+            if self._spans is not None:
+                for span in self._relay.spans:
+                    self._spans.inner.on_end(span)
+                self._spans.inner.force_flush()
+        stop_sentry_if_reported()
 
     def child_reaped(self, pid: int) -> None:
-        """A process forked for one task has exited: its files folded now, so that their number
-        does not grow with the tasks run (unless the pid already names another live process)."""
+        """A process forked for one task has exited: what it handed over exported and written, its
+        files (if it wrote any) folded now, so that their number does not grow with the tasks run
+        (unless the pid already names another live process)."""
+        telemetry = self.telemetry
+        spans, calls = self._relay.collect()
+        # The process counted itself in progress; its parent did, for all its life.
+        guarded(telemetry, "metrics", lambda: replay(telemetry.metrics, calls, skip=_COUNTED_BY_PARENT))
+        guarded(telemetry, "metrics", telemetry.metrics.tasks_in_progress.labels(self._job_task).dec)
+        if self._spans is not None:
+            guarded(telemetry, "span", partial(self._spans.relayed, spans))
         multiprocess.fold_if_dead(self._directory, pid)
 
     def at_child_exit(self) -> None:

@@ -41,6 +41,7 @@ def observed_message(
     started_at: float | None = None,
     ran_before: float = 0.0,
     states: TaskStates | None = None,
+    claimed: bool | None = None,
     attempt: int = 1,
     retry: RetryPolicy | None = None,
 ) -> Iterator[Run]:
@@ -50,11 +51,13 @@ def observed_message(
     one (Celery's), given the same attributes; otherwise one is made here. ``started_at`` and
     ``ran_before``: for a run observed from the process that saw it die (RQ's worker), when it
     started and how long it ran. ``redelivered`` None: the broker does not say, and a run of it
-    that the state store saw start before says it."""
+    that the state store saw start before says it. ``claimed``: the state claimed already where the
+    library received the message (Celery's main process), True if a run had started before; None:
+    claimed here."""
     envelope = Envelope.read(headers, message_id)
     telemetry.books.seen(name, envelope.route)
-    seen_before = False
-    if started_at is None:
+    seen_before = bool(claimed)
+    if started_at is None and claimed is None:
         try:
             seen_before = claim(telemetry, states, message_id, task=name, route=envelope.route, attempt=attempt)
         except TaskCancelled:

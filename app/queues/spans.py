@@ -5,6 +5,7 @@ context travels in the envelope's headers, written and read with OpenTelemetry's
 (app/queues/envelope.py), so the task's span is a child of the enqueue's, in the request's
 trace."""
 
+import functools
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,8 +19,11 @@ from opentelemetry.util.types import AttributeValue
 _SCOPE = "app.queues"
 
 
+@functools.cache
 def tracer(provider: TracerProvider | None) -> Tracer:
-    """A tracer of the process's provider; without one (OTEL_SDK_DISABLED), one that records nothing."""
+    """A tracer of the process's provider; without one (OTEL_SDK_DISABLED), one that records nothing.
+    Made once per provider: the SDK's get_tracer adds a warnings filter at each call, which costs a
+    regular expression's compilation in a process forked for one task (RQ's work horse)."""
     return (provider or trace.NoOpTracerProvider()).get_tracer(_SCOPE)
 
 

@@ -19,6 +19,7 @@ from typing import cast
 import redis
 
 from app.observability.task_telemetry import Run, TaskTelemetry, guarded
+from app.queues.redis_client import redis_client
 from app.settings import Settings
 
 # The state that each way an attempt ends leaves (task_telemetry.Run.outcome).
@@ -62,14 +63,17 @@ class TaskState:
 class TaskStates:
     errors: tuple[type[BaseException], ...] = (redis.RedisError,)
 
-    def __init__(self, url: str, *, ttl_seconds: int, timeout_seconds: float) -> None:
-        # Connects at the first call, in the process that makes it (after any fork).
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds, decode_responses=True
-        )
+    def __init__(self, client: redis.Redis, *, ttl_seconds: int) -> None:
+        self._redis = client  # connects at its first call, in the process that makes it (after any fork)
         self._ttl = ttl_seconds
-        self._start = self._redis.register_script(_START)
-        self._cancel = self._redis.register_script(_CANCEL)
+        self._start = client.register_script(_START)
+        self._cancel = client.register_script(_CANCEL)
+
+    def on(self, connection: redis.Redis) -> "TaskStates":
+        """The same store through ``connection``, to the same Redis: a library's own, already open
+        in a process forked for one task (RQ's work horse), where the store's would connect anew
+        (four round trips). Only ``start`` and ``ended`` run there; ``start`` decodes its reply."""
+        return TaskStates(connection, ttl_seconds=self._ttl)
 
     @staticmethod
     def _key(task_id: str) -> str:
@@ -89,7 +93,8 @@ class TaskStates:
         """The state it was in, and ``running`` now unless that was ``cancelled``: it must not run.
         ``running`` was a run that never ended: its process died. A task with no state (expired,
         or enqueued before tracking was on) is ``unknown``, runs, and has one from now on."""
-        return str(self._start(keys=[self._key(task_id)], args=[attempt, time.time(), self._ttl, task, route]))
+        state = self._start(keys=[self._key(task_id)], args=[attempt, time.time(), self._ttl, task, route])
+        return state.decode() if isinstance(state, bytes) else str(state)
 
     def ended(self, task_id: str, outcome: str, exception: str) -> None:
         state = _AFTER[outcome]
@@ -109,11 +114,6 @@ class TaskStates:
                 pipe.hdel(key, *forget)
             pipe.expire(key, self._ttl)
             pipe.execute()
-
-    def cancelled(self, task_id: str) -> bool:
-        """A read, where a library lets a task be skipped before its span begins (Celery's request);
-        ``start`` still decides, atomically, when the task runs."""
-        return bool(self._redis.hget(self._key(task_id), "state") == "cancelled")
 
     def cancel(self, task_id: str) -> tuple[str, str, str] | None:
         """Cancels a queued task. Returns the state it was in (``queued``: now cancelled), its task
@@ -150,9 +150,9 @@ def task_states(settings: Settings) -> TaskStates | None:
     url = settings.task_state_redis
     if url is None:
         return None
-    return TaskStates(
-        url, ttl_seconds=settings.task_state_ttl_seconds, timeout_seconds=settings.enqueue_timeout_seconds
-    )
+    timeout = settings.enqueue_timeout_seconds
+    client = redis_client(url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True)
+    return TaskStates(client, ttl_seconds=settings.task_state_ttl_seconds)
 
 
 class TaskCancelled(Exception):

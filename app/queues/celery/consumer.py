@@ -29,13 +29,13 @@ from kombu.transport import redis as kombu_redis
 from opentelemetry import trace
 
 from app.observability.logging import JsonFormatter, configure_logging
-from app.observability.task_telemetry import Run, guarded
+from app.observability.task_telemetry import Run
 from app.observability.worker_process import QueueWorkerTelemetry, WorkerProcesses
 from app.queues.celery.client import instrument_celery
 from app.queues.celery.names import DESTINATION
 from app.queues.consumer import TimeLimitExceeded, observed_message
 from app.queues.envelope import Envelope
-from app.queues.task_states import TaskCancelled, TaskStates
+from app.queues.task_states import TaskCancelled, TaskStates, claim
 from app.retry_policy import RetryPolicy
 from app.settings import Settings
 
@@ -45,30 +45,38 @@ def _telemetry(app: Celery) -> QueueWorkerTelemetry:
     return processes.telemetry
 
 
+# The request's key, in the main process, for what its claim found (the request travels to the
+# pool's process with it).
+_CLAIMED = "background_task_claimed"
+
+
 class CancellableRequest(Request):
-    """Celery's request for a received task, which finds a task cancelled while queued before the
-    pool runs it (where Celery checks its own revokes): acknowledged and not run, with no span (the
-    instrumentation's begins in the pool's process) and no count (the web side counted it)."""
+    """Celery's request for a received task, whose start is claimed in the task state store before
+    the pool runs it (where Celery checks its own revokes): a task cancelled while queued is
+    acknowledged and not run, with no span (the instrumentation's begins in the pool's process)
+    and no count (the web side counted it). The claim, made here once, travels to the pool's
+    process with the request."""
 
     _cancelled = False
+    _claimed = False
 
     def revoked(self) -> bool:
         if super().revoked() or self._cancelled:
             return True
         states: TaskStates | None = getattr(self._app, "task_states", None)
-        if states is None:
+        if states is None or self._claimed:
             return False
-
-        def read() -> None:
-            self._cancelled = states.cancelled(self.id)
-
-        guarded(_telemetry(self._app), "state", read)
-        if self._cancelled:
+        self._claimed = True
+        request = self.request_dict
+        try:
+            attempt = int(request.get("retries") or 0) + 1
+            request[_CLAIMED] = claim(
+                _telemetry(self._app), states, self.id, task=self.task.name, route=_route(self), attempt=attempt
+            )
+        except TaskCancelled:
+            self._cancelled = True
             task_ready(self)
             self.acknowledge()
-            _telemetry(self._app).logger.debug(
-                "background task cancelled: not run", extra={"task": self.task.name, "route": _route(self)}
-            )
         return self._cancelled
 
 
@@ -99,6 +107,7 @@ class ObservedTask(Task):
                 redelivered=bool((request.delivery_info or {}).get("redelivered")),
                 requeued=(Retry,),
                 states=getattr(self.app, "task_states", None),  # the worker's (worker.py)
+                claimed=request.get(_CLAIMED),  # by CancellableRequest, in the main process
                 attempt=request.retries + 1,
                 retry=policy,
             ) as run:
@@ -108,7 +117,7 @@ class ObservedTask(Task):
                     limit = self.soft_time_limit or self.app.conf.task_soft_time_limit
                     raise TimeLimitExceeded(f"{limit} s") from exc
         except TaskCancelled:
-            return None  # cancelled after CancellableRequest looked: acknowledged, not run
+            return None  # run without a claim by CancellableRequest, and cancelled: acknowledged, not run
         except Exception as exc:
             if run.retry_in is None or policy is None:
                 raise

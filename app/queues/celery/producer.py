@@ -19,6 +19,9 @@ class CeleryProducer:
     def __init__(self, settings: Settings, tasks: TaskRegistry) -> None:
         self.celery = create_celery(settings, tasks, producer=True)
         share_span_table(tasks)
+        # Celery copies the arguments' repr into every message's headers, where broker tools
+        # (Flower) show them: an email address, a message. None makes it, "" leaves them out.
+        self._repr = None if settings.telemetry_include_pii else ""
 
     def instrument(self, tracer_provider: TracerProvider) -> None:
         instrument_celery(tracer_provider)
@@ -26,7 +29,13 @@ class CeleryProducer:
     def publish(self, name: str, args: tuple[Any, ...], envelope: Envelope) -> None:
         task = self.celery.tasks[name]
         try:
-            task.apply_async(args, task_id=envelope.task_id, headers=envelope.headers(with_trace=False))
+            task.apply_async(
+                args,
+                task_id=envelope.task_id,
+                headers=envelope.headers(with_trace=False),
+                argsrepr=self._repr,
+                kwargsrepr=self._repr,
+            )
         except BaseException as exc:
             end_producer_span(name, envelope.task_id, exc)
             raise

@@ -32,6 +32,7 @@ class RQAdapter(Adapter):
             f"--num-workers={self.settings.worker_concurrency}",
             f"--config={JOBS}",
             f"--worker-class={JOBS}.ObservedWorker",
+            "--connection-class=app.queues.redis_client.Redis",
             f"--serializer={SERIALIZER}",
             f"--logging-level={self.settings.log_level}",
             *argv,

@@ -4,6 +4,7 @@ to read its depth."""
 import redis
 from rq import Queue
 
+from app.queues.redis_client import redis_client
 from app.queues.rq.names import QUEUE, SERIALIZER
 from app.settings import Settings
 
@@ -14,6 +15,6 @@ def job_queue(connection: redis.Redis) -> Queue:
 
 def producer_connection(settings: Settings) -> redis.Redis:
     attempt = settings.enqueue_attempt_seconds
-    return redis.Redis.from_url(
+    return redis_client(
         str(settings.broker_url), socket_timeout=attempt, socket_connect_timeout=attempt, max_connections=64
     )

@@ -40,6 +40,7 @@ from app.observability.worker_process import WorkerProcesses
 from app.queues.adapters import worker_settings
 from app.queues.consumer import TimeLimitExceeded, WorkerProcessLost, observed_message
 from app.queues.rq.names import DESTINATION, ENVELOPE
+from app.queues.spans import tracer
 from app.queues.task_states import TaskCancelled, task_states
 from app.settings import Settings
 from app.task_registry import TaskRegistry, task_registry
@@ -62,6 +63,8 @@ class _Worker:
         self.tasks: TaskRegistry = task_registry(self.settings)
         self.processes = WorkerProcesses(self.settings, instrument=lambda _provider: None)
         self.states = task_states(self.settings)
+        # The store on the broker: a work horse reaches it through RQ's connection, already open.
+        self.states_on_broker = self.settings.task_state_redis == str(self.settings.broker_url)
 
 
 @functools.cache
@@ -92,7 +95,7 @@ def observed(name: str) -> Callable[..., None]:
                 # Requeued at a shutdown; otherwise the state store says (a run that never ended).
                 redelivered=True if job.meta.get(_REQUEUED) else None,
                 requeued=(ShutDownImminentException,),
-                states=worker.states,
+                states=worker.states.on(job.connection) if worker.states and worker.states_on_broker else worker.states,
                 attempt=attempt,
                 # Once RQ has no retry left for it (the web side set them), no policy retries it.
                 retry=policy if job.retries_left else None,
@@ -110,6 +113,10 @@ def observed(name: str) -> Callable[..., None]:
 
     run.__name__ = run.__qualname__ = name
     return run
+
+
+def _task_name(job: Job) -> str:
+    return (job.func_name or "unknown").rsplit(".", 1)[-1]  # app.queues.rq.worker.<name>
 
 
 def _attempt(job: Job) -> int:
@@ -142,6 +149,7 @@ class ObservedWorker(HerokuWorker):
         processes = _worker().processes
         processes.before_fork()
         processes.in_child()
+        tracer(processes.telemetry.tracer_provider)  # made here once, not in each work horse
         processes.telemetry.logger.info("consumer ready")
         try:
             return bool(super().work(*args, **kwargs))
@@ -208,6 +216,7 @@ class ObservedWorker(HerokuWorker):
                 _worker().processes.child_reaped(self._horse)
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        _worker().processes.before_job_fork(_task_name(job))
         super().fork_work_horse(job, queue)
         self._horse = self.horse_pid
 
@@ -217,7 +226,7 @@ class ObservedWorker(HerokuWorker):
         try:
             return bool(super().perform_job(job, queue, execution))
         finally:
-            processes.at_child_exit()
+            processes.at_job_exit()
 
     def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
         if ShutDownImminentException.__name__ not in str(kwargs.get("exc_string", "")):
@@ -242,7 +251,7 @@ class ObservedWorker(HerokuWorker):
         attempt = _attempt(job)
         job.retries_left = 0  # a lost process is no failure the policy retries (RQ would)
         telemetry = _worker().processes.telemetry
-        name = (job.func_name or "unknown").rsplit(".", 1)[-1]
+        name = _task_name(job)
         started = job.started_at.timestamp() if job.started_at else time.time()
         try:
             with observed_message(
