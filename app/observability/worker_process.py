@@ -11,8 +11,8 @@ A queue adapter calls these named hooks from its library's own events:
 - ``at_child_exit``, when such a process stops or is recycled: its spans and Sentry events
   flushed;
 - ``before_job_fork``, ``in_job_process``, ``at_job_exit`` and ``child_reaped``, where a
-  process is forked for each task (RQ): its pid's old files folded before it writes, its own after
-  it exits; its spans handed to the process that forked it, which exports them (span_relay.py).
+  process is forked for each task (RQ): it hands its spans and metric calls to the process that
+  forked it, which exports and writes them (job_relay.py), and counts the task in progress.
 The entry point (app/worker_main.py) owns the metrics directory and serves ``/metrics``
 (worker_metrics.py), folding the files of dead processes at each scrape.
 """
@@ -109,8 +109,8 @@ class WorkerProcesses:
         task counted in progress until it is reaped (the process's own count reaches this one
         only once it has exited)."""
         self._relay.open()
-        self.telemetry.metrics.tasks_in_progress.labels(task).inc()
         self._job_task = task
+        guarded(self.telemetry, "metrics", self.telemetry.metrics.tasks_in_progress.labels(task).inc)
 
     def in_job_process(self) -> None:
         """In a process forked for one task (RQ's work horse): it inherits the telemetry, and its
