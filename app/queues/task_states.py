@@ -34,6 +34,13 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'attempts', ARGV[1], 'started_at
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return state or 'unknown'
 """
+# KEYS[1]: the task's hash. ARGV: ttl, a field to delete ('' for none), then fields and values.
+# A script rather than a MULTI pipeline: one command and one reply, where MULTI/EXEC takes four.
+_WRITE = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if ARGV[2] ~= '' then redis.call('HDEL', KEYS[1], ARGV[2]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+"""
 # KEYS[1]: the task's hash. ARGV: now, ttl. Returns the state it was in, the task and the route;
 # false if there is none.
 _CANCEL = """
@@ -67,6 +74,7 @@ class TaskStates:
         self._redis = client  # connects at its first call, in the process that makes it (after any fork)
         self._ttl = ttl_seconds
         self._start = client.register_script(_START)
+        self._write_fields = client.register_script(_WRITE)
         self._cancel = client.register_script(_CANCEL)
 
     def on(self, connection: redis.Redis) -> "TaskStates":
@@ -104,16 +112,11 @@ class TaskStates:
         if exception:
             fields["exception"] = exception
         # A success after a retry: the retried attempt's exception is no longer the task's.
-        self._write(task_id, fields, forget=() if exception else ("exception",))
+        self._write(task_id, fields, forget="" if exception else "exception")
 
-    def _write(self, task_id: str, fields: Mapping[str, str | float], forget: tuple[str, ...] = ()) -> None:
-        key = self._key(task_id)
-        with self._redis.pipeline() as pipe:
-            pipe.hset(key, mapping={name: value for name, value in fields.items()})  # noqa: C416 - typed
-            if forget:
-                pipe.hdel(key, *forget)
-            pipe.expire(key, self._ttl)
-            pipe.execute()
+    def _write(self, task_id: str, fields: Mapping[str, str | float], forget: str = "") -> None:
+        pairs = [item for field in fields.items() for item in field]
+        self._write_fields(keys=[self._key(task_id)], args=[self._ttl, forget, *pairs])
 
     def cancel(self, task_id: str) -> tuple[str, str, str] | None:
         """Cancels a queued task. Returns the state it was in (``queued``: now cancelled), its task
