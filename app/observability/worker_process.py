@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import Gauge
 
 from app.observability import multiprocess
 from app.observability.books import Books
@@ -67,7 +68,9 @@ class WorkerProcesses:
         self._main_pid = 0
         self._relay = JobRelay()
         self._spans: RelayingSpanProcessor | None = None
-        self._job_task = ""  # the task of the process last forked for one
+        # The series a process forked for one task is counted in by its parent, from before the
+        # fork until the end of the job; None when no such count is open.
+        self._job_in_progress: Gauge | None = None
         self._inherited: QueueWorkerTelemetry | None = None  # in that process: its parent's telemetry
 
     @property
@@ -109,8 +112,8 @@ class WorkerProcesses:
         task counted in progress until it is reaped (the process's own count reaches this one
         only once it has exited)."""
         self._relay.open()
-        self._job_task = task
-        guarded(self.telemetry, "metrics", self.telemetry.metrics.tasks_in_progress.labels(task).inc)
+        series = self.telemetry.metrics.tasks_in_progress.labels(task)
+        self._job_in_progress = series if guarded(self.telemetry, "metrics", series.inc) else None
 
     def in_job_process(self) -> None:
         """In a process forked for one task (RQ's work horse): it inherits the telemetry, and its
@@ -138,17 +141,22 @@ class WorkerProcesses:
         stop_sentry_if_reported()
 
     def child_reaped(self, pid: int) -> None:
-        """A process forked for one task has exited: what it handed over exported and written, its
-        files (if it wrote any) folded now, so that their number does not grow with the tasks run
-        (unless the pid already names another live process)."""
+        """A job that forks a process has ended: what the process handed over exported and
+        written, the task no longer in progress, the process's files (if it wrote any) folded now,
+        so that their number does not grow with the tasks run (unless the pid already names another
+        live process). ``pid`` 0: no process was forked (the job failed before, or the fork did);
+        only what was opened for it is closed."""
         telemetry = self.telemetry
         spans, calls = self._relay.collect()
         # The process counted itself in progress; its parent did, for all its life.
         guarded(telemetry, "metrics", lambda: replay(telemetry.metrics, calls, skip=_COUNTED_BY_PARENT))
-        guarded(telemetry, "metrics", telemetry.metrics.tasks_in_progress.labels(self._job_task).dec)
+        if self._job_in_progress is not None:
+            guarded(telemetry, "metrics", self._job_in_progress.dec)
+            self._job_in_progress = None
         if self._spans is not None:
             guarded(telemetry, "span", partial(self._spans.relayed, spans))
-        multiprocess.fold_if_dead(self._directory, pid)
+        if pid:
+            multiprocess.fold_if_dead(self._directory, pid)
 
     def at_child_exit(self) -> None:
         provider = self.telemetry.tracer_provider

@@ -209,11 +209,11 @@ class ObservedWorker(HerokuWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         job.timeout = self._time_limit  # the worker's limit, whatever the job was sent with
+        self._horse = 0  # until a fork succeeds: RQ may fail before it (a Redis call), or in it
         try:
             super().execute_job(job, queue)
         finally:
-            if self._horse:
-                _worker().processes.child_reaped(self._horse)
+            _worker().processes.child_reaped(self._horse)
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         _worker().processes.before_job_fork(_task_name(job))
