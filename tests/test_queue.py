@@ -657,7 +657,7 @@ def test_rq_jobs_stranded_in_the_intermediate_list_by_a_broker_crash_go_back_at_
     # And the id of a job that ran, left there twice (RQ removes one occurrence as a job starts).
     client.rpush(intermediate, ran)
     worker = queue.start_worker()
-    # Given back at a heartbeat (every 15 s at most) once it has sat there 10 s.
+    # Given back at a heartbeat (every 5 s at most) once it has sat there 10 s.
     wait_for(lambda: "stranded@example.com" in queue.web.emails_sent(), timeout=60, what="the stranded job run")
     wait_for(lambda: client.llen(intermediate) == 0, what="the intermediate list empty")
     wait_for(lambda: client.zcard("rq:wip:default") == 0, what="no execution left in the started registry")
@@ -1015,7 +1015,7 @@ def test_broker_crashes_under_traffic_lose_nothing_count_everything_and_print_on
         return change if runs == sum(sent().values()) and queue.depth() == (0, 0) else None
 
     # RQ's retries of runs that the crash cut wait for its scheduler, which the crash killed: its
-    # lock expires after 61 s, and the next maintenance (every 15 s) starts it again.
+    # lock expires after 61 s, and the next heartbeat (every 5 s) starts it again.
     worker_change: Metrics = wait_for(counted, timeout=120, what="every run counted, the broker empty")
     counts = sent()
     assert set(counts) <= set(statuses)  # nothing sent that was not asked for

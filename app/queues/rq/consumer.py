@@ -27,14 +27,15 @@ import functools
 import os
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import redis
 from rq import Queue, get_current_job
-from rq.exceptions import ShutDownImminentException
+from rq.exceptions import ShutDownImminentException, StopRequested
 from rq.job import Job, JobStatus
 from rq.timeouts import JobTimeoutException
-from rq.worker import HerokuWorker
+from rq.worker import HerokuWorker, WorkerStatus
 
 from app.observability.worker_process import WorkerProcesses
 from app.queues.adapters import worker_settings
@@ -51,7 +52,7 @@ _REQUEUED = "requeued_at_shutdown"  # the job's meta key: its next run is a rede
 # starved machine room. A worker looks at a heartbeat, and gives back at a later one.
 STRANDED_AFTER_SECONDS = 10.0
 # How long a job given back is not given back again: longer than a worker keeps what it noted
-# (STRANDED_AFTER_SECONDS, then the next heartbeat, at most 15 s later), with room for a busy machine.
+# (STRANDED_AFTER_SECONDS, then the next heartbeat, at most 10 s later), with room for a busy machine.
 GIVEN_BACK_MARK_SECONDS = 120
 
 
@@ -133,14 +134,16 @@ class ObservedWorker(HerokuWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = _worker().settings
-        # Heartbeats (which touch WORKER_ALIVE_FILE, the liveness probe's) at least every 15 s idle
-        # (RQ waits for a job worker_ttl - 15 s) and every 10 s while a job runs.
+        # Heartbeats (which touch WORKER_ALIVE_FILE, the liveness probe's) at least every 5 s idle
+        # (RQ waits for a job worker_ttl - 15 s) and every 10 s while a job runs. A wait for a job
+        # is so kept inside the stop's grace (WORKER_STOP_GRACE_SECONDS): see request_stop.
         # No job descriptions in its log lines: they hold the task's arguments.
-        options = {"worker_ttl": 30, "job_monitoring_interval": 10, "log_job_description": False}
+        options = {"worker_ttl": 20, "job_monitoring_interval": 10, "log_job_description": False}
         super().__init__(*args, **{**kwargs, **options})
         self.imminent_shutdown_delay = max(1, round(settings.worker_shutdown_seconds))
         self._time_limit = max(1, round(settings.task_time_limit_seconds))
         self._horse = 0
+        self._waiting_for_job = False
         self._disconnected = False
         self._pool_worker_pid = os.getpid()
         self._stranded: tuple[float, dict[str, set[str]]] | None = None
@@ -160,7 +163,29 @@ class ObservedWorker(HerokuWorker):
         super().bootstrap(*args, **kwargs)
         self._look_for_stranded()
 
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """RQ's handler of the stop signal raises StopRequested when no job runs, wherever the
+        worker is. An ``except Exception`` there (a logging handler's, the telemetry guard's)
+        swallowed it, with the line being logged, and the worker went on taking jobs until it was
+        killed. Here it is raised only into a wait for a job; otherwise the stop is kept, and
+        raised at the next heartbeat, which comes at least every 5 s."""
+        self._stop_requested = True
+        try:
+            super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+        except StopRequested:
+            if self._waiting_for_job and _in_a_wait(frame):
+                raise
+
+    def dequeue_job_and_maintain_ttl(self, *args: Any, **kwargs: Any) -> tuple[Job, Queue] | None:
+        self._waiting_for_job = True
+        try:
+            return super().dequeue_job_and_maintain_ttl(*args, **kwargs)
+        finally:
+            self._waiting_for_job = False
+
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        if self._stop_requested and self.get_state() != WorkerStatus.BUSY and os.getpid() == self._pool_worker_pid:
+            raise StopRequested  # between jobs, or waiting for one: RQ's loops end on it
         # RQ's dequeue loop heartbeats first, and retries it after a lost connection.
         try:
             super().heartbeat(*args, **kwargs)
@@ -219,6 +244,10 @@ class ObservedWorker(HerokuWorker):
         _worker().processes.before_job_fork(_task_name(job))
         super().fork_work_horse(job, queue)
         self._horse = self.horse_pid
+        if self._stop_requested:
+            # The stop came as RQ took the job, before this horse: it gets the warm shutdown's
+            # deadline too, not a run past the stop's (which would kill it unrecorded).
+            self.handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:  # in the horse
         processes = _worker().processes
@@ -269,6 +298,18 @@ class ObservedWorker(HerokuWorker):
                 raise WorkerProcessLost(f"the work horse exited with status {ret_val}")
         except WorkerProcessLost:
             pass  # counted, reported and logged: RQ moves the job to its failed registry
+
+
+def _in_a_wait(frame: FrameType | None) -> bool:
+    """Whether a signal came as the worker waited for a job: in redis-py's call (its blocking read),
+    which lets an exception through, closing the connection; or in RQ's sleep before it connects
+    again. Nothing there swallows what the signal raises."""
+    return frame is not None and (
+        frame.f_globals.get("__name__", "").startswith("redis.") or frame.f_code is _DEQUEUE_LOOP
+    )
+
+
+_DEQUEUE_LOOP = HerokuWorker.dequeue_job_and_maintain_ttl.__code__
 
 
 def give_back_stranded(queue: Queue, seen: set[str]) -> int:
