@@ -139,8 +139,7 @@ class JobRelay:
         self.calls: list[Call] = []
 
     def open(self) -> None:
-        """In the parent, before it forks a horse."""
-        self.collect()  # a pipe left by a fork that failed
+        """In the parent, before it forks a horse (the job's end collects it, fork or not)."""
         read, write = os.pipe()
         fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         self._pipe, self._parent = (read, write), os.getpid()

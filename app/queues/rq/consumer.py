@@ -184,7 +184,8 @@ class ObservedWorker(HerokuWorker):
             self._waiting_for_job = False
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
-        if self._stop_requested and self.get_state() != WorkerStatus.BUSY and os.getpid() == self._pool_worker_pid:
+        in_pool_worker = os.getpid() == self._pool_worker_pid  # a work horse heartbeats too
+        if in_pool_worker and self._stop_requested and self.get_state() != WorkerStatus.BUSY:
             raise StopRequested  # between jobs, or waiting for one: RQ's loops end on it
         # RQ's dequeue loop heartbeats first, and retries it after a lost connection.
         try:
@@ -193,8 +194,8 @@ class ObservedWorker(HerokuWorker):
             self._disconnected = True
             raise
         _worker().settings.worker_alive_file.touch()
-        if os.getpid() != self._pool_worker_pid:
-            return  # a work horse heartbeats too: the rest is its parent's
+        if not in_pool_worker:
+            return  # the rest is its parent's
         self._keep_the_scheduler()
         if self._disconnected:
             self._disconnected = False
@@ -300,6 +301,9 @@ class ObservedWorker(HerokuWorker):
             pass  # counted, reported and logged: RQ moves the job to its failed registry
 
 
+_DEQUEUE_LOOP = HerokuWorker.dequeue_job_and_maintain_ttl.__code__
+
+
 def _in_a_wait(frame: FrameType | None) -> bool:
     """Whether a signal came as the worker waited for a job: in redis-py's call (its blocking read),
     which lets an exception through, closing the connection; or in RQ's sleep before it connects
@@ -307,9 +311,6 @@ def _in_a_wait(frame: FrameType | None) -> bool:
     return frame is not None and (
         frame.f_globals.get("__name__", "").startswith("redis.") or frame.f_code is _DEQUEUE_LOOP
     )
-
-
-_DEQUEUE_LOOP = HerokuWorker.dequeue_job_and_maintain_ttl.__code__
 
 
 def give_back_stranded(queue: Queue, seen: set[str]) -> int:
